@@ -1,0 +1,90 @@
+"""Hydra glue shared by every entry point: the config folder, resolvers, composing without `@hydra.main`
+(tests, sweeps), the run folder, and the CLI wrapper that turns user mistakes into one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "experiments"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+register_resolvers()
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `experiments/<config_name>.yaml` with Hydra overrides, as `python -m ... k=v` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python (what checkpoints and MLflow store)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """This run's output folder: Hydra's under `@hydra.main`, else outputs/<task>/<timestamp> (sweeps, tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        folder = Path(HydraConfig.get().runtime.output_dir)
+    else:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        folder = Path(cfg.paths.output_root) / cfg.task_name / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class UserError(Exception):
+    """A mistake in the user's input (path, override, value). The CLI prints it on one line, no traceback."""
+
+
+# Errors that come from bad input rather than bugs: shown as one line and exit status 2.
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from common.checkpoint import CheckpointError
+
+    return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException)
+
+
+def main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+    """`@main("phase1")` on `train(cfg)`: a `python -m` entry point with Hydra's CLI.
+
+    Bad input met while running (a missing path, a wrong value, a broken checkpoint) prints
+    `error: <one line>` and exits 2; genuine bugs still show their traceback."""
+
+    def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], None]:
+        import hydra
+
+        @functools.wraps(fn)
+        def guarded(cfg: DictConfig) -> Any:
+            try:
+                return fn(cfg)
+            except _user_error_types() as err:
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
+
+        return hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(guarded)
+
+    return wrap

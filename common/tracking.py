@@ -1,0 +1,301 @@
+"""Experiment tracking behind one small `Logger` protocol. The only module that imports mlflow.
+
+Measured costs on a SQLite store shape this module: one `log_metric` call costs 15-23 ms while `log_batch` of
+1,000 metrics costs 0.1 s, so metrics are buffered and flushed in batches; `import mlflow` takes seconds, so
+it is imported lazily (never at CLI start-up or test collection); creating a new store runs schema migrations
+(~8 s) that race when several processes do it at once, so `ensure_store` creates it under a file lock.
+
+The default store is MLflow's own default file name, `mlflow.db`, pinned to the repository root (not the
+working directory) with artifacts in `mlartifacts/` beside it, so a plain `mlflow ui` in the repo finds it.
+`MLFLOW_TRACKING_URI` points everything at another store or a tracking server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A run that cannot reach its store keeps this many metric points before dropping the oldest.
+MAX_BUFFERED_METRICS = 200_000
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite store live in `mlartifacts/` beside the database file; a server decides
+    for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+@runtime_checkable
+class Logger(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullLogger:
+    """Logs nothing; for `logger=none`, tests, and ranks other than 0."""
+
+    run_id: str | None = None
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self, status="FINISHED"):
+        pass
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-4}} -> {"optim.lr": 1e-4}; lists become their string form."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_state(cwd: Path = REPO_ROOT) -> dict[str, str]:
+    """Commit and dirty flag of the code that runs (empty strings outside a git checkout)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else ""
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower() if commit else ""}
+
+
+def ensure_store(tracking_uri: str | None = None) -> str:
+    """Create (migrate) the store once, under a lock, before any parallel use. Returns the URI."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        import fcntl
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)
+    return uri
+
+
+def get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A local SQLite store keeps artifacts beside it (not in the working directory of whoever ran first).
+    root = artifact_root_for(tracking_uri)
+    location = f"{root}/{name}" if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it between the two calls
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class MLflowLogger:
+    """Logger for one MLflow run (new, resumed by `run_id`, or nested under `parent_run_id`).
+
+    `log_metrics` only appends to a buffer; a background thread writes it with `log_batch` once
+    `flush_every` points are waiting or every `flush_seconds`, so the training thread never waits on the
+    store. If the store is unreachable or locked, the points stay buffered, a warning is printed once, and the
+    next flush retries: training never stops because of tracking. `flush()` and `close()` write synchronously."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        flush_every: int = 1000,
+        flush_seconds: float = 30.0,
+    ):
+        import threading
+
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = ensure_store(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.flush_every = min(flush_every, 1000)  # log_batch takes at most 1,000 metrics
+        self.flush_seconds = flush_seconds
+        self._buffer: list = []
+        self._buffer_lock = threading.Lock()  # guards _buffer
+        self._write_lock = threading.Lock()  # one writer at a time, in order
+        self._wake = threading.Event()
+        self._closed = False
+        self._warned = False
+        self.resumed = run_id is not None
+        if run_id is None:
+            experiment_id = get_or_create_experiment(self.client, experiment, self.tracking_uri)
+            run_tags = {"mlflow.user": getpass.getuser(), **run_context_tags()}
+            if parent_run_id:
+                run_tags["mlflow.parentRunId"] = parent_run_id
+            run_tags.update({k: str(v) for k, v in (tags or {}).items()})
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "resumed_by", shlex.join(sys.argv))
+        self.run_id = run_id
+        self._writer = threading.Thread(target=self._write_in_background, name="mlflow-writer", daemon=True)
+        self._writer.start()
+
+    # -------------------------------------------------------------------------------------------- logging
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        if self.resumed:
+            return  # MLflow params are immutable; a resumed run already holds them
+        items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        with self._buffer_lock:
+            self._buffer.extend(points)
+            if len(self._buffer) > MAX_BUFFERED_METRICS:
+                del self._buffer[: len(self._buffer) - MAX_BUFFERED_METRICS]
+            waiting = len(self._buffer)
+        if waiting >= self.flush_every:
+            self._wake.set()
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], filename: str) -> None:
+        """Store a dict as a JSON/YAML artifact (by the file name's extension)."""
+        self.client.log_dict(self.run_id, dict(data), filename)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def flush(self) -> bool:
+        """Write every buffered point now; False when the store could not take them (they stay buffered)."""
+        with self._write_lock:
+            while True:
+                with self._buffer_lock:
+                    chunk = self._buffer[:1000]
+                if not chunk:
+                    return True
+                try:
+                    self.client.log_batch(self.run_id, metrics=chunk)
+                except Exception as err:  # store down or locked: keep the points, say so once, retry later
+                    self._warn_unavailable(err)
+                    return False
+                with self._buffer_lock:
+                    del self._buffer[: len(chunk)]
+                if self._warned:
+                    print(
+                        f"MLflow store {self.tracking_uri} is reachable again; buffered metrics written",
+                        file=sys.stderr,
+                    )
+                    self._warned = False
+
+    def _warn_unavailable(self, err: Exception) -> None:
+        if self._warned:
+            return
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        warnings.warn(
+            f"MLflow store {self.tracking_uri} is unavailable ({type(err).__name__}: {first_line}); "
+            "metrics are buffered and will be written when it is back",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._warned = True
+
+    def _write_in_background(self) -> None:
+        while not self._closed:
+            self._wake.wait(timeout=self.flush_seconds)
+            self._wake.clear()
+            if not self._closed:
+                self.flush()
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._closed = True
+        self._wake.set()
+        self._writer.join()
+        if not self.flush():
+            with self._buffer_lock:
+                lost = len(self._buffer)
+            warnings.warn(f"{lost} metric points could not be written to {self.tracking_uri}", stacklevel=2)
+            return
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def run_context_tags() -> dict[str, str]:
+    """Where a run came from: git commit and dirty flag, the command line, the host."""
+    return {**git_state(), "command": shlex.join(sys.argv), "host": socket.gethostname()}
+
+
+def create_logger(cfg: Mapping[str, Any] | None, run_id: str | None = None, is_main: bool = True) -> Logger:
+    """Logger from the `logger` config group: `backend: mlflow` or `backend: none`.
+
+    Ranks other than 0 always get a NullLogger, so a distributed run is one MLflow run."""
+    if cfg is None or not is_main or cfg.get("backend", "none") == "none":
+        return NullLogger()
+    if cfg["backend"] != "mlflow":
+        raise ValueError(f"logger.backend={cfg['backend']!r} is not one of: mlflow, none")
+    return MLflowLogger(
+        experiment=cfg["experiment"],
+        run_name=cfg.get("run_name"),
+        tracking_uri=cfg.get("tracking_uri"),
+        run_id=run_id,
+        parent_run_id=cfg.get("parent_run_id"),
+        tags=cfg.get("tags"),
+        flush_every=cfg.get("flush_every", 1000),
+        flush_seconds=cfg.get("flush_seconds", 30.0),
+    )

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from common.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+
+
+def _payload(step=3):
+    model = torch.nn.Linear(4, 2)
+    return {
+        "kind": "phase1",
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": torch.optim.Adam(model.parameters()).state_dict(),
+        "scheduler_state_dict": {},
+        "epoch": 1,
+        "global_step": step,
+        "best_val_loss": 0.5,
+        "config": {"optim": {"lr": 1e-4}, "names": ["a", "b"]},
+        "tokenizer_json": '{"type": "bytes"}',
+    }
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    payload = _payload()
+    save_checkpoint(tmp_path / "c.pt", payload)
+    loaded = load_checkpoint(tmp_path / "c.pt", kind="phase1")
+    for k, v in payload["model_state_dict"].items():
+        assert torch.equal(loaded["model_state_dict"][k], v)
+    assert loaded["config"] == payload["config"]
+    assert loaded["global_step"] == 3 and loaded["tokenizer_json"] == payload["tokenizer_json"]
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file may be left behind"
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", _payload())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"c\.pt is truncated") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_checkpoint(tmp_path / "notes.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class Evil:
+    pass
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"model_state_dict": {}, "obj": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_checkpoint_of_the_other_phase_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", _payload())
+    with pytest.raises(CheckpointError, match="is a phase1 checkpoint, but a phase2 checkpoint is needed"):
+        load_checkpoint(tmp_path / "c.pt", kind="phase2")
+
+
+def test_manager_keeps_last_n_and_best(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20, 30, 40):
+        manager.save(_payload(step), step, is_best=(step == 20))
+    steps = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert steps == ["step_00000030.pt", "step_00000040.pt"]
+    assert load_checkpoint(manager.last)["global_step"] == 40
+    assert load_checkpoint(manager.best)["global_step"] == 20  # survives pruning of step 20
+    assert manager.latest() == manager.last
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.pt", _payload(step=1))
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _payload(step=2))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["global_step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))

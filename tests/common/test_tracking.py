@@ -1,0 +1,134 @@
+"""MLflowLogger against a real (temporary) SQLite store, read back through mlflow.search_runs."""
+
+import warnings
+
+import pytest
+
+from common.tracking import MLflowLogger, NullLogger, create_logger, flatten
+
+
+def _runs(uri, experiment):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_logger_writes_params_metrics_artifacts(mlflow_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    logger = MLflowLogger("unit", run_name="r1", tags={"phase": "test"})
+    logger.log_params({"optim": {"lr": 1e-4, "name": "adam"}, "seed": 3})
+    for step in range(5):
+        logger.log_metrics({"train/loss": 1.0 / (step + 1), "train/bpp": 0.5}, step=step)
+    artifact = tmp_path / "note.txt"
+    artifact.write_text("hello")
+    logger.log_artifact(artifact)
+    logger.close()
+
+    runs = _runs(mlflow_store, "unit")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["params.optim.lr"] == "0.0001" and row["params.seed"] == "3"
+    assert row["metrics.train/loss"] == pytest.approx(0.2)  # the last value
+    assert row["tags.phase"] == "test" and row["status"] == "FINISHED"
+    assert row["tags.command"] and "tags.git_commit" in runs.columns
+    client = MlflowClient(mlflow_store)
+    history = client.get_metric_history(logger.run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2, 3, 4]
+    assert [a.path for a in client.list_artifacts(logger.run_id)] == ["note.txt"]
+    assert list((tmp_path / "mlartifacts").rglob("note.txt")), "artifacts live beside the store"
+
+
+def test_background_writer_flushes_full_buffers(mlflow_store):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    logger = MLflowLogger("unit", flush_every=10, flush_seconds=3600)
+    for step in range(10):
+        logger.log_metrics({"a": float(step)}, step=step)
+    client = MlflowClient(mlflow_store)
+    deadline = time.monotonic() + 20
+    while len(client.get_metric_history(logger.run_id, "a")) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(client.get_metric_history(logger.run_id, "a")) == 10  # written without flush()/close()
+    logger.close()
+
+
+def test_metrics_are_buffered_until_flush(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    logger = MLflowLogger("unit", flush_every=1000, flush_seconds=3600)
+    logger.log_metrics({"a": 1.0}, step=0)
+    client = MlflowClient(mlflow_store)
+    assert client.get_metric_history(logger.run_id, "a") == []  # not written yet: one batch later
+    logger.flush()
+    assert len(client.get_metric_history(logger.run_id, "a")) == 1
+    logger.close()
+
+
+def test_store_unavailable_keeps_metrics_and_warns(mlflow_store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    logger = MLflowLogger("unit", flush_every=1000, flush_seconds=3600)
+    real = logger.client.log_batch
+
+    def down(*a, **k):
+        raise ConnectionError("database is locked")
+
+    monkeypatch.setattr(logger.client, "log_batch", down)
+    logger.log_metrics({"a": 1.0}, step=0)
+    with pytest.warns(RuntimeWarning, match="metrics are buffered"):
+        assert logger.flush() is False
+    logger.log_metrics({"a": 2.0}, step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not per flush
+        assert logger.flush() is False
+    monkeypatch.setattr(logger.client, "log_batch", real)
+    logger.close()
+    values = [m.value for m in MlflowClient(mlflow_store).get_metric_history(logger.run_id, "a")]
+    assert sorted(values) == [1.0, 2.0]
+
+
+def test_resume_reopens_the_same_run(mlflow_store):
+    first = MLflowLogger("unit")
+    first.log_params({"lr": 1})
+    first.log_metrics({"x": 1.0}, step=1)
+    first.close(status="KILLED")
+    again = MLflowLogger("unit", run_id=first.run_id)
+    again.log_params({"lr": 1})  # params are immutable in MLflow: a resumed run must not fail here
+    again.log_metrics({"x": 2.0}, step=2)
+    again.close()
+    runs = _runs(mlflow_store, "unit")
+    assert len(runs) == 1 and runs.iloc[0]["metrics.x"] == 2.0
+
+
+def test_nested_run_has_parent(mlflow_store):
+    parent = MLflowLogger("unit", run_name="study")
+    child = MLflowLogger("unit", run_name="trial-0", parent_run_id=parent.run_id)
+    child.close()
+    parent.close()
+    runs = _runs(mlflow_store, "unit")
+    child_row = runs[runs["tags.mlflow.runName"] == "trial-0"].iloc[0]
+    assert child_row["tags.mlflow.parentRunId"] == parent.run_id
+
+
+def test_create_logger_by_config(mlflow_store):
+    assert isinstance(create_logger({"backend": "none"}), NullLogger)
+    assert isinstance(create_logger({"backend": "mlflow", "experiment": "x"}, is_main=False), NullLogger)
+    with pytest.raises(ValueError, match="logger.backend='wandb'"):
+        create_logger({"backend": "wandb", "experiment": "x"})
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_mlflow_is_not_imported_at_import_time():
+    import subprocess
+    import sys
+
+    code = "import common.tracking, common.loop, common.checkpoint, sys; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,40 @@
+"""Shared fixtures. The MLflow store fixture copies a store migrated once per test session: a new SQLite
+store costs ~8 s of schema migrations, a copy costs milliseconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+# Tests never write to the user's store or open windows.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def _migrated_store_template(tmp_path_factory, worker_id) -> str:
+    import fcntl
+
+    # One template for all xdist workers: the first worker migrates it under a lock, the others wait.
+    root = tmp_path_factory.getbasetemp().parent if worker_id != "master" else tmp_path_factory.getbasetemp()
+    template = root / "mlflow_template.db"
+    with open(root / "mlflow_template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            building = root / "mlflow_template.building.db"
+            MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)
+            building.rename(template)
+    return str(template)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, _migrated_store_template, monkeypatch) -> str:
+    """A fresh, migrated SQLite MLflow store in tmp_path; MLFLOW_TRACKING_URI points at it."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_migrated_store_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
