@@ -1,0 +1,274 @@
+"""Cautious Adam: AdamW whose update is masked where momentum and gradient disagree in sign.
+
+The step, per parameter tensor p with gradient g, step count t (Balanced-RD's variant, the default):
+
+    p    *= 1 - lr * weight_decay                     # decoupled weight decay (AdamW)
+    m     = b1 * m + (1 - b1) * g
+    v     = b2 * v + (1 - b2) * g * g
+    denom = sqrt(v) / sqrt(1 - b2^t) + eps
+    mask  = (m * g > 0)                               # 1 where momentum and gradient agree
+    mask *= clamp(1 / clamp(mean(mask), min=1e-3), max=mask_scale_max)
+    p    -= lr / (1 - b1^t) * m * mask / denom
+
+The rescaling keeps the update's size when part of it is masked. `mask_scaling="paper"` uses the
+Cautious Optimizers paper's factor numel / (sum(mask) + 1) instead (mask_scale_max is then unused).
+`cautious=False` drops the mask: the step is then exactly AdamW's (an ablation switch).
+
+Two implementations give the same numbers up to float32 rounding:
+- "loop": one tensor at a time with PyTorch ops; any device and dtype; the reference.
+- "fused": two Triton kernels over all float32 tensors of a group (moments + per-tensor mask count,
+  then the masked update), about 10 tensor-sized memory passes against AdamW(foreach)'s ~18.
+  Used by default ("auto") for contiguous float32 CUDA tensors; runs on the CPU under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+
+try:  # Triton is optional: without it every step takes the loop path
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
+
+MASK_SCALINGS = ("balanced_rd", "paper")
+IMPLS = ("auto", "loop", "fused")
+_BLOCK = 1024  # elements per Triton program; each program belongs to exactly one tensor
+
+
+class CautiousAdam(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        mask_scale_max: float = 10.0,
+        *,
+        mask_scaling: str = "balanced_rd",
+        cautious: bool = True,
+        impl: str = "auto",
+    ):
+        if not lr >= 0.0:
+            raise ValueError(f"lr={lr} must be >= 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas={betas} must each lie in [0, 1)")
+        if not eps >= 0.0:
+            raise ValueError(f"eps={eps} must be >= 0")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay={weight_decay} must be >= 0")
+        if not mask_scale_max >= 1.0:
+            raise ValueError(f"mask_scale_max={mask_scale_max} must be >= 1 (1 disables the rescaling)")
+        if mask_scaling not in MASK_SCALINGS:
+            raise ValueError(f"mask_scaling={mask_scaling!r}: choose one of {MASK_SCALINGS}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r}: choose one of {IMPLS}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        mask_scale_max=mask_scale_max, mask_scaling=mask_scaling, cautious=cautious)
+        super().__init__(params, defaults)
+        self.impl = impl
+        self._fused_cache: dict = {}  # device-side pointer/block tables, rebuilt when tensors move
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update_params()
+        return loss
+
+    def _update_params(self) -> None:
+        # kept apart from step() so that subclasses overriding step() do not run the step hooks twice
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                _check_grad(p)
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+            if not params:
+                continue
+            if self._use_fused(params):
+                self._fused_group_step(gi, group, params)
+            else:
+                for p in params:
+                    s = self.state[p]
+                    _loop_update(p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], group)
+
+    def _use_fused(self, params: list[torch.Tensor]) -> bool:
+        if self.impl == "loop":
+            return False
+        ok = _fused_supported(params, self.state)
+        if self.impl == "fused" and not ok:
+            raise ValueError("impl='fused' needs contiguous float32 parameters and gradients on one CUDA device "
+                             "(or TRITON_INTERPRET=1 on the CPU); use impl='auto' to fall back to the loop")
+        return ok and (self.impl == "fused" or params[0].is_cuda)
+
+    def _fused_group_step(self, gi: int, group: dict, params: list[torch.Tensor]) -> None:
+        # tensors of one group share lr/betas; they may differ in step count (a parameter without a
+        # gradient on some step), so launch once per distinct step count
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for p in params:
+            by_step.setdefault(self.state[p]["step"], []).append(p)
+        for t, ps in by_step.items():
+            _fused_update(ps, [self.state[p] for p in ps], t, group, self._fused_cache, key=(gi, t))
+
+
+def _check_grad(p: torch.Tensor) -> None:
+    if p.grad.is_sparse:
+        raise ValueError(f"CautiousAdam got a sparse gradient for a parameter of shape {tuple(p.shape)}; "
+                         "use dense gradients (e.g. nn.Embedding(sparse=False))")
+    if p.is_complex() or p.grad.is_complex():
+        raise ValueError(f"CautiousAdam got a complex parameter of shape {tuple(p.shape)}; "
+                         "optimise torch.view_as_real(p) as a real parameter instead")
+
+
+def _mask_scale(mask: torch.Tensor, group: dict) -> torch.Tensor:
+    """Factor that restores the update's size after masking (a 0-d tensor, no host sync)."""
+    if group["mask_scaling"] == "paper":
+        return mask.numel() / (mask.sum() + 1)
+    return (1 / mask.mean().clamp(min=1e-3)).clamp(max=group["mask_scale_max"])
+
+
+def _loop_update(p, g, m, v, t: int, group: dict) -> None:
+    lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if wd != 0:
+        p.mul_(1 - lr * wd)
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(eps)
+    step_size = lr / (1 - b1**t)
+    if not group["cautious"]:
+        p.addcdiv_(m, denom, value=-step_size)
+        return
+    mask = torch.mul(m, g).gt_(0)  # 1.0 where momentum and gradient agree, else 0.0
+    mask.mul_(_mask_scale(mask, group))
+    p.addcdiv_(mask.mul_(m), denom, value=-step_size)
+
+
+# ----------------------------------------------------------------------------- fused (Triton) path
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _fused_supported(params: list[torch.Tensor], state) -> bool:
+    dev = params[0].device
+    if triton is None or not (dev.type == "cuda" or (dev.type == "cpu" and _interpreting())):
+        return False
+    for p in params:
+        s = state[p]
+        ts = (p, p.grad, s["exp_avg"], s["exp_avg_sq"])
+        if any(x.dtype != torch.float32 or x.device != dev or not x.is_contiguous() for x in ts):
+            return False
+        if p.numel() >= 2**31 - _BLOCK:
+            return False
+    return True
+
+
+_KERNELS: list = []
+
+
+def _kernels():
+    """Wrapped on first use, so importing this module compiles nothing. TRITON_INTERPRET=1 (CPU runs)
+    must be set before Triton is imported: tl.sum and friends are jit functions made at that import."""
+    if not _KERNELS:
+        _KERNELS.extend([triton.jit(_moments_kernel), triton.jit(_update_kernel)])
+    return _KERNELS
+
+
+def _fused_update(params, states, t: int, group: dict, cache: dict, key) -> None:
+    dev = params[0].device
+    ptrs = tuple(x.data_ptr() for p, s in zip(params, states)
+                 for x in (p, p.grad, s["exp_avg"], s["exp_avg_sq"]))
+    numels = tuple(p.numel() for p in params)
+    hit = cache.get(key)
+    if hit is None or hit[0] != ptrs:  # the caching allocator usually hands back the same addresses
+        tables = _block_tables(numels, dev) if hit is None or hit[2] != numels else hit[3]
+        ptr_table = torch.tensor(ptrs, dtype=torch.int64).to(dev, non_blocking=True)  # (4N,)
+        hit = cache[key] = (ptrs, ptr_table, numels, tables)
+    _, ptr_table, _, (block_tensor, block_start, numel_t) = hit
+    counts = torch.zeros(len(params), dtype=torch.int32, device=dev)  # agreeing elements per tensor
+    lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    moments, update = _kernels()
+    grid = (block_tensor.numel(),)
+    ctx = torch.cuda.device(dev) if dev.type == "cuda" else _nullctx()
+    with ctx:
+        moments[grid](ptr_table, block_tensor, block_start, numel_t, counts, b1, b2, BLOCK=_BLOCK)
+        update[grid](ptr_table, block_tensor, block_start, numel_t, counts,
+                     1 - lr * wd, lr / (1 - b1**t), math.sqrt(1 - b2**t), eps, group["mask_scale_max"],
+                     CAUTIOUS=bool(group["cautious"]), PAPER=group["mask_scaling"] == "paper", BLOCK=_BLOCK)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _block_tables(numels: tuple[int, ...], dev: torch.device):
+    """Program -> (tensor index, first element); every program lies inside one tensor."""
+    nblocks = torch.tensor([(n + _BLOCK - 1) // _BLOCK for n in numels])  # (N,)
+    block_tensor = torch.repeat_interleave(torch.arange(len(numels)), nblocks)  # (B,)
+    first_block = torch.cumsum(nblocks, 0) - nblocks  # (N,)
+    block_start = (torch.arange(block_tensor.numel()) - first_block[block_tensor]) * _BLOCK  # (B,)
+    numel_t = torch.tensor(numels, dtype=torch.int32)
+    return tuple(x.to(dtype=torch.int32).to(dev) for x in (block_tensor, block_start, numel_t))
+
+
+# The two kernels below are plain functions wrapped by triton.jit in _kernels(). Pointer table layout:
+# for tensor i, entries 4i..4i+3 hold the addresses of p, grad, exp_avg, exp_avg_sq.
+
+def _moments_kernel(ptr_table, block_tensor, block_start, numels, counts, b1, b2, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)
+    inb = offs < tl.load(numels + t)
+    f32 = tl.pointer_type(tl.float32)
+    base = ptr_table + 4 * t.to(tl.int64)
+    g_ptr, m_ptr, v_ptr = tl.load(base + 1).to(f32), tl.load(base + 2).to(f32), tl.load(base + 3).to(f32)
+    g = tl.load(g_ptr + offs, mask=inb, other=0.0)
+    m = tl.load(m_ptr + offs, mask=inb, other=0.0) * b1 + (1 - b1) * g
+    v = tl.load(v_ptr + offs, mask=inb, other=0.0) * b2 + (1 - b2) * g * g
+    tl.store(m_ptr + offs, m, mask=inb)
+    tl.store(v_ptr + offs, v, mask=inb)
+    agree = ((m * g) > 0) & inb
+    tl.atomic_add(counts + t, tl.sum(agree.to(tl.int32), axis=0))  # integer sum: deterministic
+
+
+def _update_kernel(ptr_table, block_tensor, block_start, numels, counts,
+                   decay, step_size, bc2_sqrt, eps, scale_max,
+                   CAUTIOUS: tl.constexpr, PAPER: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    n = tl.load(numels + t)
+    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)
+    inb = offs < n
+    f32 = tl.pointer_type(tl.float32)
+    base = ptr_table + 4 * t.to(tl.int64)
+    p_ptr, g_ptr = tl.load(base).to(f32), tl.load(base + 1).to(f32)
+    m_ptr, v_ptr = tl.load(base + 2).to(f32), tl.load(base + 3).to(f32)
+    p = tl.load(p_ptr + offs, mask=inb, other=0.0)
+    m = tl.load(m_ptr + offs, mask=inb, other=0.0)
+    v = tl.load(v_ptr + offs, mask=inb, other=0.0)
+    denom = tl.sqrt(v) / bc2_sqrt + eps
+    if CAUTIOUS:
+        g = tl.load(g_ptr + offs, mask=inb, other=0.0)
+        cnt = tl.load(counts + t).to(tl.float32)
+        if PAPER:
+            scale = n.to(tl.float32) / (cnt + 1.0)
+        else:
+            scale = tl.minimum(1.0 / tl.maximum(cnt / n.to(tl.float32), 1e-3), scale_max)
+        m = tl.where((m * g) > 0, m * scale, 0.0)
+    tl.store(p_ptr + offs, p * decay - step_size * (m / denom), mask=inb)
