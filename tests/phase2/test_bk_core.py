@@ -104,3 +104,169 @@ def test_long_chain_stays_in_bound_reference():
     assert torch.isfinite(torch.view_as_real(g)).all()
     assert g.abs().max().item() <= 1.0 / delta * (1 + 1e-5)
     assert (g.imag >= -1e-6).all()  # Im g >= 0: the induction behind the bound
+
+
+# ------------------------------------------------------------------------------------- Triton kernels
+def _interpreted_triton():
+    """A private copy of phase2/ops/bk_core/triton.py whose kernels run in the Triton interpreter.
+
+    Triton fixes interpreter-or-compiler when a kernel is defined, so the copy is loaded with
+    TRITON_INTERPRET=1 set for the import only; the package's own module (and bk_core's dispatch for
+    everyone else) is untouched.
+    """
+    import importlib.util
+    import os
+
+    import phase2.ops.bk_core as pkg
+
+    path = os.path.join(os.path.dirname(pkg.__file__), "triton.py")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        spec = importlib.util.spec_from_file_location("_bk_core_triton_interpreted", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tri():
+    pytest.importorskip("triton")
+    return _interpreted_triton()
+
+
+def _leaves(shape, dtype, seed, per_channel_z=True):
+    a, k, _ = _inputs(shape, dtype, seed)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    k = k + 0.1j * torch.randn(shape, generator=gen, dtype=real)  # complex couplings: the whole domain
+    zshape = (shape[-2], 1) if per_channel_z else ()
+    z = torch.complex(0.3 * torch.randn(zshape, generator=gen, dtype=real),
+                      0.05 + 0.1 * torch.rand(zshape, generator=gen, dtype=real))
+    return [x.requires_grad_(True) for x in (a, k, z)]
+
+
+def _grads(fn, leaves, w):
+    g = fn(*leaves)
+    grads = torch.autograd.grad((g * w).real.sum(), leaves, allow_unused=True)
+    return g, [torch.zeros_like(x) if d is None else d for x, d in zip(leaves, grads)]
+
+
+def _check_against_reference(fn, shape, dtype, tol, seed):
+    leaves = _leaves(shape, dtype, seed)
+    ref_leaves = [x.detach().to(torch.complex128).requires_grad_(True) for x in leaves]
+    w = torch.randn(shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(seed))
+    g, grads = _grads(fn, leaves, w.to(dtype))
+    g_ref, grads_ref = _grads(bk_core_naive, ref_leaves, w)
+    assert g.dtype == dtype and g.shape == shape
+    assert _rel(g.to(torch.complex128), g_ref) < tol
+    for name, d, d_ref in zip("akz", grads, grads_ref):
+        scale = max(d_ref.abs().norm().item(), 1e-30)
+        err = (d.to(torch.complex128) - d_ref).abs().norm().item() / scale
+        assert err < tol, f"grad {name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("T", [1, 63, 500])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_triton_interpreter_matches_reference(tri, T, chunked):
+    # batch 3 x channels 5, z per channel; chunked=True forces the two-pass long-chain path
+    cfg = tri.BKCoreTritonConfig(tile=8, chunk_below=10**9 if chunked else 0, target_rows=64, min_chunk=16)
+    old, tri.CONFIG = tri.CONFIG, cfg
+    try:
+        _check_against_reference(tri.bk_core_triton, (3, 5, T), torch.complex64, 1e-4, seed=T)
+        _check_against_reference(tri.bk_core_triton, (3, 5, T), torch.complex128, 1e-10, seed=T + 1)
+    finally:
+        tri.CONFIG = old
+
+
+def test_triton_interpreter_tile16_and_plan(tri):
+    cfg = tri.BKCoreTritonConfig(tile=16, chunk_below=10**9, target_rows=40, min_chunk=16)
+    L, nch = tri._plan(7, 300, cfg)
+    assert L % 16 == 0 and nch > 1 and (nch - 1) * L < 300 <= nch * L
+    old, tri.CONFIG = tri.CONFIG, cfg
+    try:
+        _check_against_reference(tri.bk_core_triton, (7, 300), torch.complex128, 1e-10, seed=7)
+    finally:
+        tri.CONFIG = old
+
+
+def test_triton_interpreter_gradcheck(tri):
+    old, tri.CONFIG = tri.CONFIG, tri.BKCoreTritonConfig(tile=8, chunk_below=10**9, target_rows=8, min_chunk=8)
+    try:
+        a, k, z = _leaves((2, 11), torch.complex128, seed=9)  # two chunks per chain
+        assert torch.autograd.gradcheck(tri.bk_core_triton, (a, k, z), fast_mode=True)
+    finally:
+        tri.CONFIG = old
+
+
+def test_triton_interpreter_z_along_time_and_real_k(tri):
+    # z varying along T is folded into a; a real k gets a real gradient
+    a, k, _ = _leaves((2, 30), torch.complex128, seed=11)
+    kr = k.detach().real.clone().requires_grad_(True)
+    z = (0.1 + 0.2j) * torch.linspace(0, 1, 30, dtype=torch.float64)
+    z = z.to(torch.complex128).requires_grad_(True)
+    leaves = [a, kr, z]
+    w = torch.randn(2, 30, dtype=torch.complex128)
+    g, grads = _grads(lambda a, k, z: tri.bk_core_triton(a, k.to(a.dtype), z), leaves, w)
+    g_ref, grads_ref = _grads(lambda a, k, z: bk_core_naive(a, k.to(a.dtype), z), leaves, w)
+    assert _rel(g, g_ref) < 1e-10
+    for d, d_ref in zip(grads, grads_ref):
+        assert d.dtype == d_ref.dtype and _rel(d, d_ref) < 1e-10
+
+
+def test_public_dispatch_runs_interpreter_when_asked():
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = (
+        "import torch; from phase2.ops.bk_core import bk_core, bk_core_naive;"
+        "import phase2.ops.bk_core.triton as t; assert t.INTERPRETED;"
+        "a = torch.complex(torch.randn(2, 9), -torch.ones(2, 9)); k = torch.rand(2, 9);"
+        "g = bk_core(a, k, 0.1 + 0.1j); r = bk_core_naive(a, k.to(a.dtype), torch.tensor(0.1 + 0.1j));"
+        "assert (g - r).abs().max() < 1e-5, (g - r).abs().max()"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------- on a GPU
+_no_cuda = not torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_no_cuda, reason="needs a CUDA device: compiled Triton kernels")
+@pytest.mark.parametrize("shape", [(3, 5, 1), (3, 5, 63), (7, 500), (2, 3000)])
+def test_gpu_matches_reference(shape):
+    # Triton on Hopper has miscompiled backward kernels before: check the compiled kernels themselves
+    def on_gpu(a, k, z):
+        return bk_core(a.cuda(), k.cuda(), z.cuda()).cpu()
+
+    _check_against_reference(on_gpu, shape, torch.complex64, 1e-4, seed=shape[-1])
+    _check_against_reference(on_gpu, shape, torch.complex128, 1e-10, seed=shape[-1] + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_no_cuda, reason="needs a CUDA device: compiled Triton kernels")
+def test_gpu_long_chain_forward_and_backward_stay_finite():
+    delta, T = 0.05, 65536
+    a, k, _ = _inputs((4, T), torch.complex64, seed=12, delta=delta)
+    a, k = a.cuda().requires_grad_(True), k.cuda().requires_grad_(True)
+    z = torch.tensor(0.0 + 0.0j, device="cuda", dtype=torch.complex64, requires_grad=True)
+    g = bk_core(a, k, z)
+    assert torch.isfinite(torch.view_as_real(g)).all()
+    assert g.abs().max().item() <= 1.0 / delta * (1 + 1e-4)
+    g.real.sum().backward()
+    for x in (a, k, z):
+        assert torch.isfinite(torch.view_as_real(x.grad)).all()
+    # the chunked fp32 kernels against the complex128 loop on one chain
+    ref = bk_core(a.detach().to(torch.complex128)[:1], k.detach().to(torch.complex128)[:1], 0.0, impl="naive")
+    assert _rel(g[:1].detach().to(torch.complex128), ref) < 1e-4

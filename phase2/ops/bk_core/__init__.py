@@ -73,6 +73,9 @@ def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto") -> torch.Tensor:
         impl = "triton" if use_triton else "naive"
     if impl == "naive":
         return bk_core_naive(a, k, z)
-    from .triton import bk_core_triton  # imported late: CPU-only users need no Triton
+    from . import triton as tri  # imported late: CPU-only users need no Triton
 
-    return bk_core_triton(a, k, z)
+    if not a.is_cuda and not tri.INTERPRETED:
+        raise ValueError("bk_core: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the "
+                         "first import of phase2.ops.bk_core.triton; or move the tensors to CUDA")
+    return tri.bk_core_triton(a, k, z)

@@ -40,5 +40,5 @@ def bk_core_dense(a: torch.Tensor, k: torch.Tensor, z: complex) -> torch.Tensor:
     out = torch.empty_like(a)
     for t in range(T):
         block = H[: t + 1, : t + 1] - z * eye[: t + 1, : t + 1]
-        out[t] = torch.linalg.inv(block)[t, t]
+        out[t] = torch.linalg.solve(block, eye[: t + 1, t])[t]  # entry (t, t) of the inverse
     return out
