@@ -144,21 +144,23 @@ def test_fused_kernels_match_loop_in_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for the compiled Triton path")
-def test_fused_matches_loop_on_cuda():
-    gen = torch.Generator().manual_seed(4)
+def test_fused_matches_loop_on_cuda_and_is_deterministic():
     shapes = [(3,), (4097,), (64, 33), (1,)]
-    a = [torch.randn(s, generator=gen).cuda().requires_grad_() for s in shapes]
-    b = [p.detach().clone().requires_grad_() for p in a]
-    loop, fused = CautiousAdam(a, lr=1e-2, weight_decay=0.1, impl="loop"), CautiousAdam(b, lr=1e-2,
-                                                                                        weight_decay=0.1)
-    for _ in range(20):
-        grads = [(torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) > 0.2)).cuda() for s in shapes]
-        for opt, ps in ((loop, a), (fused, b)):
-            for p, g in zip(ps, grads):
-                p.grad = g.clone()
+
+    def run(impl):
+        gen = torch.Generator().manual_seed(4)
+        ps = [torch.randn(s, generator=gen).cuda().requires_grad_() for s in shapes]
+        opt = CautiousAdam(ps, lr=1e-2, weight_decay=0.1, impl=impl)
+        for _ in range(20):
+            for p, s in zip(ps, shapes):
+                p.grad = (torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) > 0.2)).cuda()
             opt.step()
-    for x, y in zip(a, b):
+        return ps
+
+    loop, fused, again = run("loop"), run("auto"), run("auto")
+    for x, y, z in zip(loop, fused, again):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+        assert torch.equal(y, z)
 
 
 def test_state_dict_round_trip_continues_identically():
