@@ -24,14 +24,26 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose `experiments/<config_name>.yaml` with Hydra overrides, as `python -m ... k=v` would."""
+def config_location(name: str) -> tuple[Path, str]:
+    """(folder, config name) of a primary config: a phase ("phase1") is experiments/phase1/train.yaml, whose
+    groups (model, data, optim, ...) sit beside it; anything else is experiments/<name>.yaml. Phase configs
+    reach the shared groups (logger, debug, paths) through `hydra.searchpath`."""
+    if (CONFIG_DIR / name / "train.yaml").is_file():
+        return CONFIG_DIR / name, "train"
+    if (CONFIG_DIR / f"{name}.yaml").is_file():
+        return CONFIG_DIR, name
+    raise ValueError(f"no config named {name!r} under {CONFIG_DIR}")
+
+
+def compose(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a primary config with Hydra overrides, as `python -m <phase>.train k=v` would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    folder, config_name = config_location(name)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
@@ -67,7 +79,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException)
 
 
-def main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
     """`@main("phase1")` on `train(cfg)`: a `python -m` entry point with Hydra's CLI.
 
     Bad input met while running (a missing path, a wrong value, a broken checkpoint) prints
@@ -85,6 +97,7 @@ def main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
 
-        return hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(guarded)
+        folder, config_name = config_location(name)
+        return hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)
 
     return wrap

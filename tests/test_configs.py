@@ -7,28 +7,38 @@ from omegaconf import OmegaConf
 
 from common.config import CONFIG_DIR, compose
 
-PRIMARIES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+# A phase's primary config is experiments/<phase>/train.yaml with its groups beside it; base.yaml and the
+# shared groups (logger, debug, paths) sit at the top.
+PHASES = sorted(p.parent.name for p in CONFIG_DIR.glob("*/train.yaml"))
+PRIMARIES = ["base", *PHASES]
 SKIP_GROUPS = {"hydra"}  # Hydra's own node: exercised by every compose
 
 
-def _primary_for(group: str, option: str) -> str:
-    """phaseN/... groups and experiment files named phaseN_* belong to phaseN; the rest compose with base."""
-    head = group.split("/")[0]
-    if head in PRIMARIES:
-        return head
-    for primary in PRIMARIES:
-        if option.startswith(f"{primary}_"):
-            return primary
-    return "base"
+def _listed_groups(primary: str) -> set[str]:
+    """Groups in the primary's defaults list, and in base's when the primary includes base."""
+    path = CONFIG_DIR / (f"{primary}/train.yaml" if primary in PHASES else f"{primary}.yaml")
+    groups = set()
+    for entry in OmegaConf.load(path).get("defaults", []):
+        if isinstance(entry, str) and entry == "base" and primary != "base":
+            groups |= _listed_groups("base")
+        elif not isinstance(entry, str):
+            groups |= {str(k).split("@")[0].removeprefix("override ").lstrip("/") for k in entry}
+    return groups
 
 
 def _group_options():
+    """(primary, group, option) for every group option file: phase groups with their phase, shared groups with
+    every primary."""
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
         rel = path.relative_to(CONFIG_DIR)
-        if len(rel.parts) == 1 or rel.parts[0] in SKIP_GROUPS:
+        if rel.parts[0] in SKIP_GROUPS or rel.name == "train.yaml" or len(rel.parts) == 1:
             continue
-        group, option = "/".join(rel.parts[:-1]), path.stem
-        yield pytest.param(group, option, id=f"{group}={option}")
+        if rel.parts[0] in PHASES:
+            owners, group = [rel.parts[0]], "/".join(rel.parts[1:-1])
+        else:
+            owners, group = PRIMARIES, "/".join(rel.parts[:-1])
+        for primary in owners:
+            yield pytest.param(primary, group, path.stem, id=f"{primary}:{group}={path.stem}")
 
 
 @pytest.mark.parametrize("primary", PRIMARIES)
@@ -38,14 +48,10 @@ def test_primary_configs_compose_and_resolve(primary):
     assert Path(cfg.paths.root_dir) == CONFIG_DIR.parent
 
 
-@pytest.mark.parametrize("group,option", list(_group_options()))
-def test_every_group_option_composes(group, option):
-    primary = _primary_for(group, option)
-    # Options whose file says `@package _global_` are selected with `+group=option` when the primary has no
-    # default for that group (experiment files); otherwise a plain override selects them.
-    defaults = [str(d) for d in OmegaConf.load(CONFIG_DIR / f"{primary}.yaml").get("defaults", [])]
-    listed = any(d.startswith(f"{{'{group}'") or d.startswith(f"{{'override /{group}'") for d in defaults)
-    override = f"{group}={option}" if listed else f"+{group}={option}"
+@pytest.mark.parametrize("primary,group,option", list(_group_options()))
+def test_every_group_option_composes(primary, group, option):
+    # A group the primary lists in its defaults is selected with `group=option`, any other with `+group=option`.
+    override = f"{group}={option}" if group in _listed_groups(primary) else f"+{group}={option}"
     cfg = compose(primary, [override])
     OmegaConf.resolve(cfg)
 
