@@ -97,7 +97,7 @@ class Loop:
         config: Mapping[str, Any] | None = None,
         kind: str | None = None,
         is_main: bool = True,
-        on_log: Callable[[dict[str, float]], None] | None = None,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
     ):
         self.cfg, self.hooks, self.batches, self.scheduler = cfg, hooks, batches, scheduler
         self.model, self.optimizer = hooks.model, hooks.optimizer
@@ -247,8 +247,8 @@ class Loop:
     def _log(self, point: dict[str, float]) -> None:
         self.logger.log_metrics(point, step=self.state.global_step)
         self.state.history.append({"step": float(self.state.global_step), **point})
-        if self.on_log is not None:
-            self.on_log(point)
+        if self.on_log is not None:  # e.g. an Optuna trial reporting intermediate values (may raise to prune)
+            self.on_log(self.state.global_step, point)
 
     def _evaluate(self) -> dict[str, float]:
         # Evaluation must not move the training RNGs, or a run's curve would depend on when it evaluated.

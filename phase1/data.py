@@ -1,0 +1,193 @@
+"""Images for the codec: any folder (recursive) or the built-in photographs that installed packages ship.
+
+Training samples are random crops with random horizontal flips; test samples are whole images (the model
+pads them). Files that cannot be decoded, or are smaller than a crop, are reported once and left out; a file
+that breaks later (e.g. replaced on disk mid-run) is reported once and replaced by another sample, so a long
+run never dies on one bad image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+# Real photographs shipped inside installed packages: (package, path inside it). Fixed split: the test
+# images are never trained on. Chosen for variety (people, animals, objects, landscape, astronomy).
+BUILTIN_TRAIN = [
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/motorcycle_right.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/hubble_deep_field.jpg"),
+    ("skimage", "data/retina.jpg"),
+    ("skimage", "data/ihc.png"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+]
+BUILTIN_TEST = [
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("sklearn", "datasets/images/flower.jpg"),
+]
+
+
+def builtin_images(split: str) -> list[Path]:
+    """Paths of the built-in photographs of `split` ("train" or "test"); no download involved."""
+    import importlib.util
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} must be 'train' or 'test'")
+    paths = []
+    for package, rel in BUILTIN_TRAIN if split == "train" else BUILTIN_TEST:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"built-in image set needs the package {package!r}; run `make install`")
+        path = Path(spec.origin).parent / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"built-in image {path} is missing from the installed {package!r}")
+        paths.append(path)
+    return paths
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under `root` (recursive), sorted for a stable order."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+class UnsupportedImageError(ValueError):
+    pass
+
+
+def load_rgb(path: str | Path) -> tuple[torch.Tensor, str | None]:
+    """(3, H, W) float tensor in [0, 1], plus a note when the image was converted (grayscale, alpha).
+
+    16-bit images are refused: the codec is trained on 8-bit data and would silently lose the low byte."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F") or img.info.get("bits", 8) > 8:
+                raise UnsupportedImageError(
+                    f"{path} is a {mode} ({'16-bit' if '16' in mode else 'high bit depth'}) image; the codec "
+                    "takes 8-bit RGB: convert it first (e.g. PIL .convert('RGB') after scaling to 8 bits)"
+                )
+            note = None
+            if mode != "RGB":
+                note = f"{Path(path).name}: {mode} converted to RGB" + (
+                    " (alpha dropped)" if "A" in mode or "transparency" in img.info else ""
+                )
+                img = img.convert("RGB")
+            array = np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise UnsupportedImageError(f"{path} is not a readable image ({type(err).__name__})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), note
+
+
+@dataclass
+class ScanReport:
+    usable: list[Path]
+    skipped: list[str]  # "path: reason"
+
+
+def scan(paths: list[Path], min_size: int) -> ScanReport:
+    """Check every file once (header only) and keep the usable ones."""
+    usable, skipped = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                img.verify()
+        except Exception as err:  # PIL raises many types for broken files; each is reported, none is fatal
+            skipped.append(f"{path}: unreadable ({type(err).__name__})")
+            continue
+        if min(width, height) < min_size:
+            skipped.append(f"{path}: {width}x{height} is smaller than the {min_size}px crop")
+            continue
+        usable.append(path)
+    return ScanReport(usable, skipped)
+
+
+class ImageCrops(Dataset):
+    """Random `patch_size` crops with random horizontal flips (training), or whole images (`patch_size=None`).
+
+    Randomness comes from torch's RNG, which `common.batches.EpochBatches` seeds per sample."""
+
+    def __init__(self, paths: list[Path], patch_size: int | None, name: str = "images"):
+        report = scan(paths, min_size=patch_size or 1)
+        if report.skipped:
+            warnings.warn(
+                f"{name}: {len(report.skipped)} of {len(paths)} files left out: " + "; ".join(report.skipped[:5])
+                + (" ..." if len(report.skipped) > 5 else ""),
+                stacklevel=2,
+            )
+        if not report.usable:
+            raise FileNotFoundError(f"{name}: none of the {len(paths)} files is a usable image")
+        self.paths, self.patch_size, self.name = report.usable, patch_size, name
+        self._reported: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                image, _ = load_rgb(path)
+            except UnsupportedImageError as err:
+                if path not in self._reported:
+                    self._reported.add(path)
+                    warnings.warn(f"{self.name}: {err}; using another image instead", stacklevel=2)
+                continue
+            return self._augment(image) if self.patch_size else image
+        raise FileNotFoundError(f"{self.name}: no image could be read any more")
+
+    def _augment(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        p = self.patch_size
+        top = int(torch.randint(0, height - p + 1, ()))
+        left = int(torch.randint(0, width - p + 1, ()))
+        crop = image[:, top : top + p, left : left + p]
+        if torch.rand(()) < 0.5:
+            crop = crop.flip(-1)
+        return crop.contiguous()
+
+
+class RepeatedDataset(Dataset):
+    """A small dataset seen `repeats` times per epoch (a dozen photos give a dozen crops otherwise)."""
+
+    def __init__(self, dataset: Dataset, repeats: int):
+        self.dataset, self.repeats = dataset, repeats
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.repeats
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+
+def image_paths(source: str, root: str | None, split: str) -> list[Path]:
+    """`builtin` photographs, or `folder` images under root/<split> (or root itself if it has no split folders)."""
+    if source == "builtin":
+        return builtin_images(split)
+    if source == "folder":
+        if not root:
+            raise ValueError("data.source=folder needs data.root=/path/to/images (with train/ and test/ inside)")
+        base = Path(root)
+        return list_images(base / split if (base / split).is_dir() else base)
+    raise ValueError(f"data.source={source!r} is not one of: builtin, folder")
