@@ -72,6 +72,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
     return payload
 
 
+def resolve_resume(resume: str | os.PathLike | None) -> Path | None:
+    """The checkpoint a `resume=` setting names: a checkpoint file, or a run folder (its checkpoints/last.pt)."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume}: no checkpoint at {path}")
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

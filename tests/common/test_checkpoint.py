@@ -90,3 +90,15 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["global_step"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resolve_resume_accepts_a_file_or_a_run_folder(tmp_path):
+    from common.checkpoint import resolve_resume
+
+    assert resolve_resume(None) is None
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    manager.save(_payload(), 1)
+    assert resolve_resume(tmp_path / "run") == manager.last
+    assert resolve_resume(manager.last) == manager.last
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        resolve_resume(tmp_path / "elsewhere.pt")
