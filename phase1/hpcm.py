@@ -182,7 +182,7 @@ class HPCM(CompressionModel):
             y_hat, ctx, scales, means = self._predict(k, L, params, y_hat, ctx)
             y_k = y_flat[:, L.steps[k][1]]
             q = _ste_round(y_k - means) if self.training else torch.round(y_k - means)
-            y_hat = self._apply(k, L, y_hat, q, means)
+            y_hat = self._write_step(k, L, y_hat, q, means)
             res.append(_add_noise(y_k - means) if self.training else q)
             sc.append(scales)
         y_lik_flat = self.entropy_estimation(torch.cat(res, 1), torch.cat(sc, 1))
@@ -230,7 +230,7 @@ class HPCM(CompressionModel):
         return y_hat.view(B, M, h, w), ctx
 
     @staticmethod
-    def _apply(k, L, y_hat, q, means):
+    def _write_step(k, L, y_hat, q, means):
         """Write step k's reconstruction q + means into y_hat (out of place: autograd needs the old one)."""
         B = y_hat.shape[0]
         pos = L.steps[k][0].expand(B, -1)
@@ -321,7 +321,7 @@ class HPCM(CompressionModel):
         for k in range(11):
             y_hat, ctx, scales, means = self._predict(k, L, params, y_hat, ctx)
             q = torch.round(y_flat[:, L.steps[k][1]] - means)
-            y_hat = self._apply(k, L, y_hat, q, means)
+            y_hat = self._write_step(k, L, y_hat, q, means)
             syms.append(q)
             idxs.append(self._indexes(scales))
         return z_q.int(), torch.cat(syms, 1).int(), torch.cat(idxs, 1)
@@ -376,13 +376,13 @@ class HPCM(CompressionModel):
 
     def _decode_step(self, k, params, y_hat, ctx, means, q):
         L = context_layout(self.config.M, params.shape[2], params.shape[3], params.device)
-        y_hat = self._apply(k - 1, L, y_hat, q.to(means.dtype)[None], means)
+        y_hat = self._write_step(k - 1, L, y_hat, q.to(means.dtype)[None], means)
         y_hat, ctx, scales, means = self._predict(k, L, params, y_hat, ctx)
         return y_hat, ctx, means, self._indexes(scales)[0]
 
     def _decode_last(self, y_hat, means, q):
         L = context_layout(self.config.M, y_hat.shape[2], y_hat.shape[3], y_hat.device)
-        y_hat = self._apply(10, L, y_hat, q.to(means.dtype)[None], means)
+        y_hat = self._write_step(10, L, y_hat, q.to(means.dtype)[None], means)
         return self.g_s(y_hat).clamp_(0, 1)
 
     def _graph_runner(self, t):

@@ -280,3 +280,9 @@ def test_cuda_round_trip_with_graphs_equals_eager_forward():
     for _ in range(2):  # the second call replays recorded graphs
         enc = model.compress(x)
         assert torch.equal(model.decompress(**enc)["x_hat"], ref)
+
+
+def test_module_conversions_work_and_move_everything():
+    model = build_hpcm("tiny").eval().to(torch.float64)  # nn.Module.to must reach every parameter and buffer
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert model(_image(64, 64).double())["x_hat"].dtype == torch.float64

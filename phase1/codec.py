@@ -1,0 +1,336 @@
+"""HPCM file format and command line.
+
+    python -m phase1.codec encode IMG OUT --checkpoint CKPT [--model NAME] [--device auto|cpu|cuda]
+    python -m phase1.codec decode OUT IMG --checkpoint CKPT [--device ...]
+
+File layout (little-endian), then a CRC-32 of everything before it:
+    b"HPCM" | version u8 | flags u8 (1: source was grayscale, 2: source had alpha) | height u32 | width u32
+    | z height u16 | z width u16 | model name (u8 length + UTF-8) | weights hash (8 bytes)
+    | encoding device type (u8 length + ASCII) | y symbols CRC-32 u32 | z stream length u32 | y stream length u32
+    | z stream | y stream | CRC-32 u32
+The weights hash names the exact weights and coding tables needed to decode. Entropy coding is not bit-exact
+across device types (the table index of each symbol comes from floating-point scales), so decoding on another
+device type warns, and the y-symbol CRC turns a desynchronised decode into an error instead of a wrong image.
+Bad input of any kind gives a one-line error; outputs are written atomically, never partially.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phase1.hpcm import CONFIGS, HPCM, build_hpcm, canonical_name, load_hpcm_state_dict
+
+MAGIC = b"HPCM"
+VERSION = 1
+FLAG_GRAY, FLAG_ALPHA = 1, 2
+_FIXED = struct.Struct("<4sBBIIHH")
+_TAIL = struct.Struct("<III")  # y symbols CRC, z length, y length
+MAX_SIDE = 1 << 16
+
+
+class CodecError(Exception):
+    """A user-facing failure; the message is one line naming the file and what to do."""
+
+
+@dataclass
+class Header:
+    height: int
+    width: int
+    z_shape: tuple
+    model: str
+    weights_hash: bytes
+    device_type: str
+    y_crc: int
+    flags: int = 0
+
+
+# ---------------------------------------------------------------------- bytes <-> (header, streams)
+
+
+def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
+    name, dev = header.model.encode(), header.device_type.encode()
+    body = b"".join([
+        _FIXED.pack(MAGIC, VERSION, header.flags, header.height, header.width, *header.z_shape),
+        bytes([len(name)]), name, header.weights_hash, bytes([len(dev)]), dev,
+        _TAIL.pack(header.y_crc, len(z_stream), len(y_stream)), z_stream, y_stream,
+    ])  # fmt: skip
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def unpack(data: bytes, where: str = "input") -> tuple[Header, bytes, bytes]:
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise CodecError(f"{where} is not an HPCM file (no HPCM signature)")
+    try:
+        magic, version, flags, h, w, zh, zw = _FIXED.unpack_from(data, 0)
+        off = _FIXED.size
+        name, off = _read_str(data, off)
+        weights_hash, off = data[off : off + 8], off + 8
+        dev, off = _read_str(data, off)
+        y_crc, n_z, n_y = _TAIL.unpack_from(data, off)
+        off += _TAIL.size
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise CodecError(f"{where} is truncated or corrupted (incomplete header)") from None
+    if version != VERSION:
+        raise CodecError(f"{where} has format version {version}; this decoder reads version {VERSION}")
+    expected = off + n_z + n_y + 4
+    if len(data) < expected:
+        raise CodecError(f"{where} is truncated ({len(data)} of {expected} bytes)")
+    if len(data) > expected:
+        raise CodecError(f"{where} is corrupted ({len(data) - expected} unexpected trailing bytes)")
+    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CodecError(f"{where} is corrupted (checksum mismatch)")
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or (zh, zw) != (-(-h // 256) * 4, -(-w // 256) * 4):
+        raise CodecError(f"{where} is corrupted (inconsistent image size {w}x{h} and latent size {zw}x{zh})")
+    z_stream = data[off : off + n_z]
+    y_stream = data[off + n_z : off + n_z + n_y]
+    return Header(h, w, (zh, zw), name, weights_hash, dev, y_crc, flags), z_stream, y_stream
+
+
+def _read_str(data: bytes, off: int):
+    n = data[off]
+    if off + 1 + n > len(data):
+        raise IndexError
+    return data[off + 1 : off + 1 + n].decode(), off + 1 + n
+
+
+# ---------------------------------------------------------------------- model, weights, images
+
+
+def weights_hash(model: HPCM) -> bytes:
+    """8-byte BLAKE2b of all weights and coding tables (name, dtype, shape, bytes; sorted by name)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+def read_checkpoint(path: str | Path, model_name: str | None = None):
+    """-> (state_dict, model name, meta). Accepts this project's checkpoints ({"model_state_dict", "config"})
+    and the official code's (a plain state_dict, possibly with DataParallel's "module." prefix). `meta` holds
+    what the project's config says about the run (model, lmbda, optim)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle of arbitrary objects, not a torch file at all
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CodecError(f"checkpoint {path} cannot be read as a torch checkpoint ({detail})") from None
+    meta = {"source": "official"}
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": (cfg.get("optim") or {}).get("name")}
+        if model_name is None and isinstance(cfg.get("model"), dict):
+            model_name = cfg["model"].get("name")
+        obj = obj["model_state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CodecError(f"checkpoint {path} holds no model state_dict")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    name = canonical_name(model_name) if model_name else _infer_model(obj, path)
+    meta["model"] = name
+    return obj, name, meta
+
+
+def _infer_model(state_dict: dict, path) -> str:
+    """The model whose parameter shapes the state_dict has (official checkpoints carry no model name)."""
+    for name in CONFIGS:
+        with torch.device("meta"):
+            own = build_hpcm(name).state_dict()
+        params = {k for k in own if not _is_table(k) and not k.startswith("adaptive_params_list.")}
+        if all(k in state_dict and state_dict[k].shape == own[k].shape for k in params):
+            return name
+    raise CodecError(f"checkpoint {path} matches none of the HPCM models {sorted(CONFIGS)}; pass --model")
+
+
+def _is_table(key: str) -> bool:
+    return key in ("scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z",
+                   "quantized_cdf_y", "cdf_length_y", "offset_y")  # fmt: skip
+
+
+def load_weights_into(model: HPCM, checkpoint) -> list[str]:
+    """Load a project or official checkpoint into `model` (e.g. to fine-tune the published HPCM); the
+    checkpoint's model must be the same. Returns notes about what was adapted."""
+    state_dict, name, _ = read_checkpoint(checkpoint, model.config.name)
+    return _load(model, state_dict, name, checkpoint)
+
+
+def _load(model: HPCM, state_dict: dict, name: str, checkpoint) -> list[str]:
+    try:
+        notes = load_hpcm_state_dict(model, state_dict)
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CodecError(f"checkpoint {checkpoint} does not fit {name}: {detail}") from None
+    for note in notes:
+        if "update()" not in note:
+            print(f"note: {checkpoint}: {note}", file=sys.stderr)
+    return notes
+
+
+def load_codec(checkpoint, model_name: str | None = None, device="cpu") -> tuple[HPCM, dict]:
+    """(HPCM in eval mode with coding tables, meta) from a project or official checkpoint."""
+    state_dict, name, meta = read_checkpoint(checkpoint, model_name)
+    model = build_hpcm(name)
+    _load(model, state_dict, name, checkpoint)
+    model = model.to(device).eval()
+    model.update()
+    return model, meta
+
+
+def read_image(path: str | Path) -> tuple[torch.Tensor, int]:
+    """-> ((1, 3, H, W) float in [0, 1], flags). Grayscale and alpha are converted with a note; 16-bit refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"image {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise CodecError(f"image {path} cannot be read ({str(err).splitlines()[0][:120]})") from None
+    rawmode = str(img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else "") if hasattr(img, "tile") else ""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F") or "16" in rawmode:
+        raise CodecError(f"image {path} has 16-bit or float samples ({img.mode}); convert it to 8-bit RGB first")
+    flags = 0
+    if img.mode in ("L", "LA", "1"):
+        flags |= FLAG_GRAY
+        print(f"note: {path} is grayscale; coded as RGB with three equal channels", file=sys.stderr)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        flags |= FLAG_ALPHA
+        print(f"note: {path} has an alpha channel; it is dropped (only RGB is coded)", file=sys.stderr)
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255), flags
+
+
+def write_atomic(path: str | Path, writer) -> None:
+    """writer(file object or temp path) fills a temporary file next to `path`, which is then renamed over it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CodecError(f"output folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- encode / decode
+
+
+def encode(model: HPCM, x: torch.Tensor, flags: int = 0, model_name: str | None = None) -> bytes:
+    """(1, 3, H, W) image in [0, 1] -> file bytes."""
+    dev = model.scales_hyper.device
+    out = model.compress(x.to(dev))
+    (y_stream,), (z_stream,) = out["strings"]
+    h, w = out["x_size"]
+    header = Header(h, w, out["shape"], model_name or model.config.name, weights_hash(model), dev.type,
+                    out["checksums"][0], flags)  # fmt: skip
+    return pack(header, z_stream, y_stream)
+
+
+def decode(model: HPCM, data: bytes, where: str = "input") -> torch.Tensor:
+    """File bytes -> (1, 3, H, W) reconstruction in [0, 1]."""
+    header, z_stream, y_stream = unpack(data, where)
+    if canonical_name(header.model) != canonical_name(model.config.name):
+        raise CodecError(f"{where} was encoded with {header.model}, not {model.config.name}: use its checkpoint")
+    if header.weights_hash != weights_hash(model):
+        raise CodecError(
+            f"{where} was encoded with weights {header.weights_hash.hex()}, this checkpoint has "
+            f"{weights_hash(model).hex()}: decode with the checkpoint that encoded it"
+        )
+    dev = model.scales_hyper.device.type
+    if header.device_type != dev:
+        print(f"warning: {where} was encoded on {header.device_type} and is decoded on {dev}; entropy coding is "
+              "not bit-exact across device types and may fail", file=sys.stderr)  # fmt: skip
+    try:
+        out = model.decompress([[y_stream], [z_stream]], header.z_shape, (header.height, header.width),
+                               checksums=[header.y_crc])  # fmt: skip
+    except RuntimeError as err:
+        raise CodecError(f"{where} could not be decoded: {str(err).splitlines()[0]}") from None
+    return out["x_hat"]
+
+
+def _device(arg: str) -> str:
+    if arg == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if arg.startswith("cuda") and not torch.cuda.is_available():
+        raise CodecError(f"--device {arg}: no CUDA device here; use --device cpu")
+    return arg
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m phase1.codec", description="HPCM image codec")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd, a, b in (("encode", "image", "output"), ("decode", "input", "image")):
+        s = sub.add_parser(cmd)
+        s.add_argument(a)
+        s.add_argument(b)
+        s.add_argument("--checkpoint", required=True, help="project checkpoint or official HPCM state_dict")
+        s.add_argument("--model", default=None, help="hpcm_base | hpcm_large | tiny (default: from checkpoint)")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    args = p.parse_args(None if argv is None else [str(a) for a in argv])
+    try:
+        return _run(args)
+    except (CodecError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    device = _device(args.device)
+    if args.cmd == "encode":
+        x, flags = read_image(args.image)
+        model, _ = load_codec(args.checkpoint, args.model, device)
+        t = time.perf_counter()
+        data = encode(model, x, flags)
+        dt = time.perf_counter() - t
+        write_atomic(args.output, lambda tmp: Path(tmp).write_bytes(data))
+        h, w = x.shape[2:]
+        print(f"{args.output}: {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp (whole file), {w}x{h}, "
+              f"encoded in {dt:.2f} s on {device}")  # fmt: skip
+    else:
+        src = Path(args.input)
+        if not src.is_file():
+            raise CodecError(f"input {src} does not exist")
+        data = src.read_bytes()
+        unpack(data, str(src))  # refuse a bad file before loading any weights
+        model, _ = load_codec(args.checkpoint, args.model, device)
+        t = time.perf_counter()
+        x_hat = decode(model, data, str(src))
+        dt = time.perf_counter() - t
+        _save_image(args.image, x_hat)
+        print(f"{args.image}: {x_hat.shape[3]}x{x_hat.shape[2]}, decoded in {dt:.2f} s on {device}")
+    return 0
+
+
+def _save_image(path, x_hat):
+    from PIL import Image
+
+    arr = (x_hat[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise CodecError(f"output {path}: unknown image extension; use .png")
+    write_atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format=fmt))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
