@@ -21,6 +21,7 @@ The JSON keeps one entry per device type (a run replaces its own); the Markdown 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -109,9 +110,9 @@ def bench_optimizer_step(shapes, device, rounds, per_round, warmup) -> dict:
     grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
 
     def fresh_params():
-        ps = [p.to(device).requires_grad_() for p in init]
+        ps = [p.to(device, copy=True).requires_grad_() for p in init]  # each variant its own tensors
         for p, g in zip(ps, grads):
-            p.grad = g.to(device)
+            p.grad = g.to(device, copy=True)
         return ps
 
     fns = {k: make().step for k, make in make_optimizers(fresh_params, device).items()}
@@ -179,8 +180,8 @@ def check_fused_matches_loop(shapes, device, steps=5) -> dict:
     """Max |difference| between fused and loop CautiousAdam parameters after a few steps on these shapes."""
     gen = torch.Generator().manual_seed(1)
     init = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
-    a = [p.to(device).requires_grad_() for p in init]
-    b = [p.to(device).requires_grad_() for p in init]
+    a = [p.to(device, copy=True).requires_grad_() for p in init]
+    b = [p.to(device, copy=True).requires_grad_() for p in init]
     loop, fused = CautiousAdam(a, lr=1e-3, weight_decay=0.01, impl="loop"), CautiousAdam(
         b, lr=1e-3, weight_decay=0.01, impl="fused")
     for _ in range(steps):
@@ -193,6 +194,15 @@ def check_fused_matches_loop(shapes, device, steps=5) -> dict:
     diff = max((x - y).abs().max().item() for x, y in zip(a, b))
     moved = max((x.detach().cpu() - p0).abs().max().item() for x, p0 in zip(a, init))
     return {"steps": steps, "max_abs_param_diff": diff, "max_abs_param_change": moved}
+
+
+def code_digest() -> str:
+    """Short sha256 of the optimizer sources, so a kept result names the code it timed."""
+    root = Path(__file__).resolve().parents[1] / "common" / "optim"
+    h = hashlib.sha256()
+    for name in ("cautious_adam.py", "famo.py", "balanced.py"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def ratios(result: dict, baseline: str = "adamw_foreach") -> dict:
@@ -223,7 +233,9 @@ def render_markdown(all_results: dict) -> str:
     for _, r in sorted(all_results.items(), key=lambda kv: kv[0] != "cuda"):
         lines += [f"## {r['device_name']}", "", f"Command: `{r['command']}`  ",
                   f"torch {r['torch']}, triton {r['triton']}; model {r['params'] / 1e6:.2f}M parameters in "
-                  f"{r['n_tensors']} tensors; batch {r['batch']}x3x{r['size']}x{r['size']}", "",
+                  f"{r['n_tensors']} tensors; batch {r['batch']}x3x{r['size']}x{r['size']}; "
+                  f"common/optim sources sha256 {r.get('code', 'not recorded')}", "",
+                  *([f"Note: {r['note']}", ""] if "note" in r else []),
                   "| optimizer step alone | median | ratio |", "|---|---|---|"]
         for k, v in r["optimizer_step"].items():
             lines.append(f"| {k} | {v['median_ms']:.3f} ms | {r['optimizer_step_ratio'][k]:.2f}x |")
@@ -245,14 +257,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, 2 on the CPU")
     ap.add_argument("--size", type=int, default=None, help="image side; default: 256 on CUDA, 64 on the CPU")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds; default: 10 CUDA, 4 CPU")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds; default: 20 CUDA, 6 CPU")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but no CUDA device is visible; use --device cpu")
     cuda = device.type == "cuda"
     batch, size = args.batch or (8 if cuda else 2), args.size or (256 if cuda else 64)
-    rounds = args.rounds or (10 if cuda else 4)
+    rounds = args.rounds or (20 if cuda else 6)
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -277,7 +289,7 @@ def main() -> None:
                        f"{torch.get_num_threads()} torch threads)",
         "command": " ".join(["python benchmarks/bench_optim.py --out benchmarks/results/optim.json",
                              *_args_without_out(sys.argv[1:])]),
-        "torch": torch.__version__, "triton": triton_version,
+        "torch": torch.__version__, "triton": triton_version, "code": code_digest(),
         "params": params, "n_tensors": len(shapes), "batch": batch, "size": size, "lmbda": LMBDA,
         "optimizer_step": opt_step, "optimizer_step_ratio": ratios(opt_step),
         "training_step": train_step, "training_step_ratio": ratios(train_step),

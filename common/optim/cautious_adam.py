@@ -72,7 +72,7 @@ class CautiousAdam(torch.optim.Optimizer):
                         mask_scale_max=mask_scale_max, mask_scaling=mask_scaling, cautious=cautious)
         super().__init__(params, defaults)
         self.impl = impl
-        self._fused_cache: dict = {}  # device-side pointer/block tables, rebuilt when tensors move
+        self._fused_cache: dict = {}  # device-side address/block tables, rebuilt when tensors move
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -86,8 +86,10 @@ class CautiousAdam(torch.optim.Optimizer):
     def _update_params(self) -> None:
         # kept apart from step() so that subclasses overriding step() do not run the step hooks twice
         for gi, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
+            params, states = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 _check_grad(p)
                 state = self.state[p]
                 if len(state) == 0:
@@ -95,32 +97,38 @@ class CautiousAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-            if not params:
+                params.append(p)
+                states.append(state)
+            if not params or (self.impl != "loop" and self._fused_step(gi, group, params, states)):
                 continue
-            if self._use_fused(params):
-                self._fused_group_step(gi, group, params)
-            else:
-                for p in params:
-                    s = self.state[p]
-                    _loop_update(p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], group)
+            for p, s in zip(params, states):
+                _loop_update(p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], group)
 
-    def _use_fused(self, params: list[torch.Tensor]) -> bool:
-        if self.impl == "loop":
-            return False
-        ok = _fused_supported(params, self.state)
-        if self.impl == "fused" and not ok:
-            raise ValueError("impl='fused' needs contiguous float32 parameters and gradients on one CUDA device "
-                             "(or TRITON_INTERPRET=1 on the CPU); use impl='auto' to fall back to the loop")
-        return ok and (self.impl == "fused" or params[0].is_cuda)
-
-    def _fused_group_step(self, gi: int, group: dict, params: list[torch.Tensor]) -> None:
-        # tensors of one group share lr/betas; they may differ in step count (a parameter without a
-        # gradient on some step), so launch once per distinct step count
-        by_step: dict[int, list[torch.Tensor]] = {}
-        for p in params:
-            by_step.setdefault(self.state[p]["step"], []).append(p)
-        for t, ps in by_step.items():
-            _fused_update(ps, [self.state[p] for p in ps], t, group, self._fused_cache, key=(gi, t))
+    def _fused_step(self, gi: int, group: dict, params: list, states: list) -> bool:
+        """Step the group with the Triton kernels; False where they do not apply (impl='auto')."""
+        tensors = [x for p, s in zip(params, states) for x in (p, p.grad, s["exp_avg"], s["exp_avg_sq"])]
+        ptrs = tuple(x.data_ptr() for x in tensors)  # (4N,): same as last step -> same tensors, checked then
+        if self._fused_cache.get(("checked", gi)) != ptrs:
+            if not _fused_supported(tensors, self.impl):
+                if self.impl == "fused":
+                    raise ValueError("impl='fused' needs contiguous float32 parameters and gradients on one CUDA "
+                                     "device (or TRITON_INTERPRET=1 on the CPU); impl='auto' falls back to the loop")
+                return False
+            self._fused_cache[("checked", gi)] = ptrs
+        # tensors of one group share lr/betas but may differ in step count (a parameter that had no gradient
+        # on some step): one launch per distinct count, each with its own cached tables
+        by_step: dict[int, list[int]] = {}
+        for i, s in enumerate(states):
+            by_step.setdefault(s["step"], []).append(i)
+        for t, idx in by_step.items():
+            key = gi if len(by_step) == 1 else (gi, tuple(idx))
+            sub = ptrs if len(by_step) == 1 else tuple(ptrs[4 * i + j] for i in idx for j in range(4))
+            plan = self._fused_cache.get(key)
+            if plan is None or plan[0] != sub:  # the caching allocator mostly hands back the same addresses
+                plan = self._fused_cache[key] = (sub, *_tables(sub, [params[i].numel() for i in idx],
+                                                               params[0].device))
+            _launch(plan[1:], t, group)
+        return True
 
 
 def _check_grad(p: torch.Tensor) -> None:
@@ -162,18 +170,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _fused_supported(params: list[torch.Tensor], state) -> bool:
-    dev = params[0].device
-    if triton is None or not (dev.type == "cuda" or (dev.type == "cpu" and _interpreting())):
+def _fused_supported(tensors: list[torch.Tensor], impl: str) -> bool:
+    dev = tensors[0].device
+    if triton is None or not (dev.type == "cuda" or (impl == "fused" and dev.type == "cpu" and _interpreting())):
         return False
-    for p in params:
-        s = state[p]
-        ts = (p, p.grad, s["exp_avg"], s["exp_avg_sq"])
-        if any(x.dtype != torch.float32 or x.device != dev or not x.is_contiguous() for x in ts):
-            return False
-        if p.numel() >= 2**31 - _BLOCK:
-            return False
-    return True
+    return all(x.dtype == torch.float32 and x.device == dev and x.is_contiguous() and x.numel() < 2**31 - _BLOCK
+               for x in tensors)
 
 
 _KERNELS: list = []
@@ -187,23 +189,25 @@ def _kernels():
     return _KERNELS
 
 
-def _fused_update(params, states, t: int, group: dict, cache: dict, key) -> None:
-    dev = params[0].device
-    ptrs = tuple(x.data_ptr() for p, s in zip(params, states)
-                 for x in (p, p.grad, s["exp_avg"], s["exp_avg_sq"]))
-    numels = tuple(p.numel() for p in params)
-    hit = cache.get(key)
-    if hit is None or hit[0] != ptrs:  # the caching allocator usually hands back the same addresses
-        tables = _block_tables(numels, dev) if hit is None or hit[2] != numels else hit[3]
-        ptr_table = torch.tensor(ptrs, dtype=torch.int64).to(dev, non_blocking=True)  # (4N,)
-        hit = cache[key] = (ptrs, ptr_table, numels, tables)
-    _, ptr_table, _, (block_tensor, block_start, numel_t) = hit
-    counts = torch.zeros(len(params), dtype=torch.int32, device=dev)  # agreeing elements per tensor
+def _tables(ptrs: tuple[int, ...], numels: list[int], dev: torch.device) -> tuple:
+    """Device-side tables: tensor addresses (4N,) and, per program, its tensor and first element."""
+    nblocks = torch.tensor([(n + _BLOCK - 1) // _BLOCK for n in numels])  # (N,)
+    block_tensor = torch.repeat_interleave(torch.arange(len(numels)), nblocks)  # (B,)
+    first_block = torch.cumsum(nblocks, 0) - nblocks  # (N,)
+    block_start = (torch.arange(block_tensor.numel()) - first_block[block_tensor]) * _BLOCK  # (B,)
+    ints = [x.to(torch.int32).to(dev) for x in (block_tensor, block_start, torch.tensor(numels))]
+    return (torch.tensor(ptrs, dtype=torch.int64).to(dev), *ints)
+
+
+def _launch(tables: tuple, t: int, group: dict) -> None:
+    ptr_table, block_tensor, block_start, numel_t = tables
+    dev = ptr_table.device
+    counts = torch.zeros(numel_t.numel(), dtype=torch.int32, device=dev)  # agreeing elements per tensor
     lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
     moments, update = _kernels()
     grid = (block_tensor.numel(),)
-    ctx = torch.cuda.device(dev) if dev.type == "cuda" else _nullctx()
-    with ctx:
+    other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
+    with torch.cuda.device(dev) if other_gpu else _nullctx():
         moments[grid](ptr_table, block_tensor, block_start, numel_t, counts, b1, b2, BLOCK=_BLOCK)
         update[grid](ptr_table, block_tensor, block_start, numel_t, counts,
                      1 - lr * wd, lr / (1 - b1**t), math.sqrt(1 - b2**t), eps, group["mask_scale_max"],
@@ -216,16 +220,6 @@ class _nullctx:
 
     def __exit__(self, *exc):
         return False
-
-
-def _block_tables(numels: tuple[int, ...], dev: torch.device):
-    """Program -> (tensor index, first element); every program lies inside one tensor."""
-    nblocks = torch.tensor([(n + _BLOCK - 1) // _BLOCK for n in numels])  # (N,)
-    block_tensor = torch.repeat_interleave(torch.arange(len(numels)), nblocks)  # (B,)
-    first_block = torch.cumsum(nblocks, 0) - nblocks  # (N,)
-    block_start = (torch.arange(block_tensor.numel()) - first_block[block_tensor]) * _BLOCK  # (B,)
-    numel_t = torch.tensor(numels, dtype=torch.int32)
-    return tuple(x.to(dtype=torch.int32).to(dev) for x in (block_tensor, block_start, numel_t))
 
 
 # The two kernels below are plain functions wrapped by triton.jit in _kernels(). Pointer table layout:

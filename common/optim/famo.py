@@ -62,6 +62,7 @@ class FAMO:
         self.min_losses = zeros.clone()
         self.exp_avg, self.exp_avg_sq, self.step_count = zeros.clone(), zeros.clone(), 0
         self.prev_losses: torch.Tensor | None = None  # losses the last weighted loss was built from
+        self._prev_log_d: torch.Tensor | None = None  # log(prev_losses - min_losses + EPS), kept from the loss
 
     @property
     def weights(self) -> torch.Tensor:
@@ -70,20 +71,24 @@ class FAMO:
 
     def set_min_losses(self, losses: torch.Tensor | Sequence[float]) -> None:
         self.min_losses = self._as_losses(losses, "min_losses").to(self.w.device, self.w.dtype).clone()
+        if self.prev_losses is not None:
+            self._prev_log_d = self._log_d(self.prev_losses)
 
     def get_weighted_loss(self, losses: torch.Tensor) -> torch.Tensor:
         losses = self._as_losses(losses, "losses")
-        self.record(losses)
+        self.to(losses.device)
         z = self.weights
         d = losses - self.min_losses + EPS  # (n_tasks,)
-        c = (z / d).sum().detach()
-        return (z * d.log()).sum() / c
+        log_d = d.log()
+        self.prev_losses, self._prev_log_d = losses.detach().to(self.w.dtype), log_d.detach()
+        return torch.dot(z.to(log_d.dtype), log_d) / (z / d).sum().detach()
 
     def record(self, losses: torch.Tensor) -> None:
         """Remember the losses the coming parameter step starts from (update() measures progress from them)."""
         losses = self._as_losses(losses, "losses")
         self.to(losses.device)
-        self.prev_losses = losses.detach().to(self.w.dtype).clone()
+        self.prev_losses = losses.detach().to(self.w.dtype)
+        self._prev_log_d = self._log_d(self.prev_losses)
 
     def backward(self, losses: torch.Tensor,
                  shared_parameters: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
@@ -101,10 +106,12 @@ class FAMO:
             raise RuntimeError("FAMO.update() needs the losses of a weighted loss first: "
                                "call get_weighted_loss() or backward() before update()")
         curr = self._as_losses(curr_losses, "curr_losses").detach().to(self.w.device, self.w.dtype)
-        delta = (self.prev_losses - self.min_losses + EPS).log() - (curr - self.min_losses + EPS).log()
+        delta = self._prev_log_d - self._log_d(curr)  # (n_tasks,): each task's log-progress
         z = self.weights
-        grad = z * (delta - (z * delta).sum())  # J_softmax^T delta; the Jacobian is symmetric
-        grad = grad + self.gamma * self.w  # Adam's (coupled) weight decay
+        zd = z * delta
+        grad = torch.addcmul(zd, z, zd.sum(), value=-1)  # J_softmax^T delta = z (delta - <z, delta>)
+        if self.gamma != 0:
+            grad.add_(self.w, alpha=self.gamma)  # Adam's (coupled) weight decay
         b1, b2 = self.betas
         self.step_count += 1
         self.exp_avg.lerp_(grad, 1 - b1)
@@ -133,6 +140,10 @@ class FAMO:
         self.step_count = int(state["step"])
         prev = state["prev_losses"]
         self.prev_losses = None if prev is None else prev.to(**like).clone()
+        self._prev_log_d = None if prev is None else self._log_d(self.prev_losses)
+
+    def _log_d(self, losses: torch.Tensor) -> torch.Tensor:
+        return (losses - self.min_losses + EPS).log()
 
     def _as_losses(self, losses, name: str) -> torch.Tensor:
         t = losses if isinstance(losses, torch.Tensor) else torch.tensor(losses, dtype=self.w.dtype)
@@ -149,5 +160,5 @@ class FAMO:
         for name in ("w", "min_losses", "exp_avg", "exp_avg_sq"):
             setattr(self, name, getattr(self, name).to(device))
         if self.prev_losses is not None:
-            self.prev_losses = self.prev_losses.to(device)
+            self.prev_losses, self._prev_log_d = self.prev_losses.to(device), self._prev_log_d.to(device)
         return self
