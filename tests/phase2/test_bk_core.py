@@ -175,7 +175,8 @@ def _check_against_reference(fn, shape, dtype, tol, seed):
 @pytest.mark.parametrize("chunked", [False, True])
 def test_triton_interpreter_matches_reference(tri, T, chunked):
     # batch 3 x channels 5, z per channel; chunked=True forces the two-pass long-chain path
-    cfg = tri.BKCoreTritonConfig(tile=8, chunk_below=10**9 if chunked else 0, target_rows=64, min_chunk=16)
+    cfg = tri.BKCoreTritonConfig(tile_fwd=8, tile_bwd=8, chunk_below=10**9 if chunked else 0, target_rows=64,
+                                 min_chunk=16)
     old, tri.CONFIG = tri.CONFIG, cfg
     try:
         _check_against_reference(tri.bk_core_triton, (3, 5, T), torch.complex64, 1e-4, seed=T)
@@ -185,8 +186,8 @@ def test_triton_interpreter_matches_reference(tri, T, chunked):
 
 
 def test_triton_interpreter_tile16_and_plan(tri):
-    cfg = tri.BKCoreTritonConfig(tile=16, chunk_below=10**9, target_rows=40, min_chunk=16)
-    L, nch = tri._plan(7, 300, cfg)
+    cfg = tri.BKCoreTritonConfig(tile_fwd=16, tile_bwd=16, chunk_below=10**9, target_rows=40, min_chunk=16)
+    L, nch = tri._plan(7, 300, cfg, 16)
     assert L % 16 == 0 and nch > 1 and (nch - 1) * L < 300 <= nch * L
     old, tri.CONFIG = tri.CONFIG, cfg
     try:
@@ -196,7 +197,8 @@ def test_triton_interpreter_tile16_and_plan(tri):
 
 
 def test_triton_interpreter_gradcheck(tri):
-    old, tri.CONFIG = tri.CONFIG, tri.BKCoreTritonConfig(tile=8, chunk_below=10**9, target_rows=8, min_chunk=8)
+    cfg = tri.BKCoreTritonConfig(tile_fwd=8, tile_bwd=8, chunk_below=10**9, target_rows=8, min_chunk=8)
+    old, tri.CONFIG = tri.CONFIG, cfg
     try:
         a, k, z = _leaves((2, 11), torch.complex128, seed=9)  # two chunks per chain
         assert torch.autograd.gradcheck(tri.bk_core_triton, (a, k, z), fast_mode=True)
