@@ -23,11 +23,15 @@ the step. Two ways, chosen by `task_weight_update`:
       opt.step()
       opt.update_task_weights_replayed(lambda: task_losses(model(x)), rng)
 
-  Cost: one more forward per step (no backward).
+  Cost: one more forward per step (no backward); benchmarks/results/optim.md has both variants timed.
 - "next_step" (one forward): the next step's losses, before its update, stand in for the post-step
   losses. The optimizer does it by itself: get_weighted_loss()/backward_with_task_balancing() first
   updates the weights from (losses recorded last step -> losses now), then builds the weighted loss.
   Cheaper, but the progress signal then also holds the batch-to-batch difference of the losses.
+
+The task weights follow the losses this process sees. Under DistributedDataParallel, give every process
+the same losses for the update (average a detached copy with torch.distributed.all_reduce and pass it to
+step(task_losses=...) and update_task_weights()); the "next_step" variant reads the local losses.
 
 The seed's call form still works: backward_with_task_balancing(task_losses, params), step(task_losses=...),
 update_task_weights(new_task_losses).
@@ -154,8 +158,9 @@ class Balanced(CautiousAdam):
     def update_task_weights_replayed(self, task_losses_fn: Callable[[], torch.Tensor],
                                      rng_state: dict) -> torch.Tensor:
         """The "second_forward" update: run task_losses_fn() (a forward on the same batch, model left in
-        train mode) with the RNG as in rng_state = capture_rng_state() taken before the first forward,
-        update the task weights from it, and return those losses."""
+        train mode, so BatchNorm running statistics would see the batch twice) with the RNG as in
+        rng_state = capture_rng_state() taken before the first forward, update the task weights from it,
+        and return those losses."""
         with replayed_rng(rng_state):
             new = task_losses_fn()
         self.famo.update(new)

@@ -12,9 +12,11 @@ The step, per parameter tensor p with gradient g, step count t (Balanced-RD's va
 
 The rescaling keeps the update's size when part of it is masked. `mask_scaling="paper"` uses the
 Cautious Optimizers paper's factor numel / (sum(mask) + 1) instead (mask_scale_max is then unused).
-`cautious=False` drops the mask: the step is then exactly AdamW's (an ablation switch).
+`cautious=False` drops the mask: the step is then exactly AdamW's (an ablation switch). Sparse and
+complex gradients are refused with a ValueError.
 
-Two implementations give the same numbers up to float32 rounding:
+Two implementations, chosen by `impl` ("auto" picks "fused" where it applies, else "loop"), give the same
+numbers up to float32 rounding (tests/common/test_optim_cautious_adam.py compares them):
 - "loop": one tensor at a time with PyTorch ops; any device and dtype; the reference.
 - "fused": two Triton kernels over all float32 tensors of a group (moments + per-tensor mask count,
   then the masked update): per element it reads/writes 10 floats, AdamW(foreach=True) about 18.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 
 import torch
 
@@ -131,6 +134,12 @@ class CautiousAdam(torch.optim.Optimizer):
         return True
 
 
+def _hyper(group: dict) -> tuple:
+    """lr, betas, eps, weight_decay as Python numbers (a scheduler may have left lr as a 0-d tensor)."""
+    lr = group["lr"]
+    return (float(lr) if isinstance(lr, torch.Tensor) else lr), group["betas"], group["eps"], group["weight_decay"]
+
+
 def _check_grad(p: torch.Tensor) -> None:
     if p.grad.is_sparse:
         raise ValueError(f"CautiousAdam got a sparse gradient for a parameter of shape {tuple(p.shape)}; "
@@ -148,7 +157,7 @@ def _mask_scale(mask: torch.Tensor, group: dict) -> torch.Tensor:
 
 
 def _loop_update(p, g, m, v, t: int, group: dict) -> None:
-    lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    lr, (b1, b2), eps, wd = _hyper(group)
     if wd != 0:
         p.mul_(1 - lr * wd)
     m.lerp_(g, 1 - b1)  # = b1 m + (1 - b1) g, in one pass
@@ -203,23 +212,15 @@ def _launch(tables: tuple, t: int, group: dict) -> None:
     ptr_table, block_tensor, block_start, numel_t = tables
     dev = ptr_table.device
     counts = torch.zeros(numel_t.numel(), dtype=torch.int32, device=dev)  # agreeing elements per tensor
-    lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    lr, (b1, b2), eps, wd = _hyper(group)
     moments, update = _kernels()
     grid = (block_tensor.numel(),)
     other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
-    with torch.cuda.device(dev) if other_gpu else _nullctx():
+    with torch.cuda.device(dev) if other_gpu else nullcontext():
         moments[grid](ptr_table, block_tensor, block_start, numel_t, counts, b1, b2, BLOCK=_BLOCK)
         update[grid](ptr_table, block_tensor, block_start, numel_t, counts,
                      1 - lr * wd, lr / (1 - b1**t), math.sqrt(1 - b2**t), eps, group["mask_scale_max"],
                      CAUTIOUS=bool(group["cautious"]), PAPER=group["mask_scaling"] == "paper", BLOCK=_BLOCK)
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # The two kernels below are plain functions wrapped by triton.jit in _kernels(). Pointer table layout:

@@ -80,7 +80,7 @@ class FAMO:
         z = self.weights
         d = losses - self.min_losses + EPS  # (n_tasks,)
         log_d = d.log()
-        self.prev_losses, self._prev_log_d = losses.detach().to(self.w.dtype), log_d.detach()
+        self.prev_losses, self._prev_log_d = losses.detach().to(self.w.dtype), log_d.detach().to(self.w.dtype)
         return torch.dot(z.to(log_d.dtype), log_d) / (z / d).sum().detach()
 
     def record(self, losses: torch.Tensor) -> None:

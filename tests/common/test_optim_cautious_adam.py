@@ -192,6 +192,16 @@ def test_state_dict_round_trip_continues_identically():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_tensor_learning_rate_steps_like_a_float():
+    a = [torch.ones(3, requires_grad=True)]
+    b = [torch.ones(3, requires_grad=True)]
+    fa, fb = CautiousAdam(a, lr=0.1), CautiousAdam(b, lr=torch.tensor(0.1))
+    for opt, ps in ((fa, a), (fb, b)):
+        ps[0].grad = torch.tensor([1.0, -2.0, 3.0])
+        opt.step()
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], torch.ones(3))
+
+
 def test_sparse_and_complex_gradients_are_refused():
     emb = torch.nn.Embedding(10, 4, sparse=True)
     emb(torch.tensor([1, 2])).sum().backward()
