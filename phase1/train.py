@@ -1,0 +1,190 @@
+"""Phase 1 training: HPCM with Adam or the Balanced R-D optimizer.
+
+    python -m phase1.train model=tiny optim=balanced lmbda=0.0035 loop.max_steps=2000
+    ./run_balanced.sh lmbda=0.0483          # the same, with the seed's defaults
+
+`train(cfg) -> dict` is the only entry: the CLI, the run scripts, tests and Optuna trials all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from common import config as configs
+from common import runtime
+from common.batches import EpochBatches
+from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from common.loop import Loop, StepHooks, loop_config
+from common.optim import Balanced, capture_rng_state
+from common.schedulers import build_scheduler
+from common.tracking import create_logger
+from phase1.data import ImageCrops, RepeatedDataset, image_paths
+from phase1.evaluate import evaluate_images
+from phase1.loss import RateDistortionLoss, psnr
+
+KIND = "phase1"
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    common = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, **common)
+    if cfg.name == "balanced":
+        return Balanced(
+            params, n_tasks=2, gamma=cfg.gamma, w_lr=cfg.w_lr, min_losses=list(cfg.min_losses),
+            task_weight_update=cfg.task_weight_update,
+            max_norm=0.0,  # the shared loop clips (loop.clip_grad_norm), once, for every optimizer
+            **common,
+        )
+    raise ValueError(f"optim.name={cfg.name!r} is not one of: adam, balanced")
+
+
+class CodecHooks(StepHooks):
+    """The phase-1 step: R-D loss; with Balanced, FAMO-weighted backward and the task-weight update."""
+
+    def __init__(self, model, optimizer, criterion: RateDistortionLoss, device, precision: str,
+                 test_paths: list[Path], real_bitstreams: bool):
+        super().__init__(model, optimizer)
+        self.criterion, self.device, self.precision = criterion, device, precision
+        self.test_paths, self.real_bitstreams = test_paths, real_bitstreams
+        self.balanced = isinstance(optimizer, Balanced)
+        self._rng_before_forward: dict | None = None
+
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with runtime.autocast(self.device, self.precision):
+            out = self.model(x)
+        return self.criterion(out, x)
+
+    def compute_loss(self, batch: torch.Tensor) -> dict[str, Any]:
+        x = batch.to(self.device, non_blocking=True)
+        self._rng_before_forward = capture_rng_state() if self.balanced else None
+        terms = self._forward(x)
+        terms["psnr"] = psnr(terms["mse_loss"].detach())
+        terms["task_losses"] = torch.stack([terms["distortion"], terms["bpp_loss"]])
+        return terms
+
+    def backward(self, out: dict[str, Any]) -> None:
+        if self.balanced:
+            self.optimizer.backward_with_task_balancing(out["task_losses"])
+        else:
+            out["loss"].backward()
+
+    def optimizer_step(self, out: dict[str, Any]) -> None:
+        if self.balanced:
+            self.optimizer.step(task_losses=out.pop("task_losses").detach())
+        else:
+            out.pop("task_losses")
+            self.optimizer.step()
+
+    def after_step(self, batch: torch.Tensor, out: dict[str, Any]) -> dict[str, float]:
+        if not self.balanced:
+            return {}
+        if self.optimizer.task_weight_update == "second_forward":
+            x = batch.to(self.device, non_blocking=True)
+
+            def task_losses() -> torch.Tensor:
+                terms = self._forward(x)
+                return torch.stack([terms["distortion"], terms["bpp_loss"]])
+
+            self.optimizer.update_task_weights_replayed(task_losses, self._rng_before_forward)
+        w = self.optimizer.task_weights.tolist()
+        return {"task_weight_distortion": w[0], "task_weight_bpp": w[1]}
+
+    def items_in(self, batch: torch.Tensor) -> int:
+        return int(batch.shape[0])
+
+    def evaluate(self) -> dict[str, float]:
+        """test/* on the held-out images: the loss terms from the likelihoods, and real bytes."""
+        if self.real_bitstreams:
+            self.model.update(force=True)
+        mean = evaluate_images(self.model, self.test_paths, self.device, real=self.real_bitstreams,
+                               criterion=self.criterion)["mean"]
+        # loss terms come from the likelihoods (the seed's test/bpp_loss); bpp_real and psnr from real bytes
+        metrics = {
+            "test/loss": mean["loss"], "test/distortion": mean["distortion"], "test/bpp_loss": mean["bpp_loss"],
+            "test/psnr": mean["psnr-rgb"],
+        }
+        if self.real_bitstreams:
+            metrics["test/bpp_real"] = mean["bpp"]
+        if "ms-ssim-rgb" in mean:
+            metrics["test/ms_ssim"] = mean["ms-ssim-rgb"]
+        return metrics
+
+
+def build_model(cfg_model: DictConfig) -> torch.nn.Module:
+    from phase1.hpcm import build_hpcm
+
+    return build_hpcm(cfg_model.name)
+
+
+def _data(cfg: DictConfig, dist: runtime.DistInfo):
+    train_paths = image_paths(cfg.data.source, cfg.data.root, "train")
+    test_paths = image_paths(cfg.data.source, cfg.data.root, "test")
+    if cfg.eval.max_images:
+        test_paths = test_paths[: cfg.eval.max_images]
+    crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images")
+    train_set = RepeatedDataset(crops, cfg.data.repeats) if cfg.data.repeats > 1 else crops
+    if cfg.get("overfit_batches"):
+        train_set = torch.utils.data.Subset(train_set, range(cfg.data.batch_size * cfg.overfit_batches))
+    batches = EpochBatches(train_set, cfg.data.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                           rank=dist.rank, world_size=dist.world_size)
+    return batches, test_paths
+
+
+def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train per `cfg` (see experiments/phase1/train.yaml); returns the final metrics.
+
+    `on_log(step, metrics)` sees every logged point (sweeps report intermediate values through it)."""
+    dist = runtime.init_distributed()
+    runtime.seed_everything(cfg.seed + dist.rank)
+    device = runtime.pick_device(cfg.device)
+    plain = configs.to_plain(cfg)
+
+    model = build_model(cfg.model).to(device)
+    if cfg.init_from:
+        from phase1.codec import load_weights_into
+
+        load_weights_into(model, cfg.init_from)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps,
+                                warmup_steps=cfg.schedule.warmup_steps)
+    batches, test_paths = _data(cfg, dist)
+    hooks = CodecHooks(model, optimizer, RateDistortionLoss(cfg.lmbda, cfg.loss_metric), device, cfg.precision,
+                       test_paths, cfg.eval.real_bitstreams)
+
+    resume_from = resolve_resume(cfg.resume)
+    run_id = load_checkpoint(resume_from, kind=KIND)["mlflow_run_id"] if resume_from else None
+    logger = create_logger(cfg.logger, run_id=run_id or None, is_main=dist.is_main)
+    folder = configs.run_dir(cfg)
+    checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
+    loop = Loop(loop_config(cfg.loop), hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
+                is_main=dist.is_main, on_log=on_log)
+    if resume_from:
+        loop.resume(resume_from)
+    else:
+        logger.log_params(plain)
+        logger.set_tags({"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name, "run_dir": folder})
+    status = "FAILED"
+    try:
+        summary = loop.run()
+        status = "KILLED" if summary["interrupted"] else "FINISHED"
+    finally:
+        logger.close(status=status)
+        runtime.shutdown_distributed()
+    return summary
+
+
+@configs.main("phase1")
+def cli(cfg: DictConfig) -> None:
+    summary = train(cfg)
+    print({k: v for k, v in summary.items()})
+
+
+if __name__ == "__main__":
+    cli()
