@@ -7,15 +7,21 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 # The sentinel is rewritten whenever pyproject.toml changes, so a second `make test` does not reinstall.
 STAMP      := $(VENV)/.installed
-# pytest-xdist workers; CI machines have 2 cores.
-WORKERS    ?= auto
+# pytest-xdist workers for `make test`; CI machines have 2 cores.
+TEST_WORKERS ?= auto
+# Sweep settings: `make sweep-balanced SIZE=full WORKERS=4 STORAGE=postgresql://...`
+SIZE       ?= demo
+WORKERS    ?= 1
+STORAGE    ?=
+STUDY      ?=
+EXPERIMENT ?=
 # Extra Hydra overrides for train/sweep targets, e.g. `make train-phase2 ARGS="model=small"`.
 ARGS       ?=
 HOST       ?= 127.0.0.1
 PORT       ?= 5000
 
-.PHONY: help install test test-fast lint format clean demo mlflow-ui \
-        bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking
+.PHONY: help install test test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
+        sweep-balanced report data-kodak browser bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,11 +37,36 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv (if missing) and install the project with its dev tools
 
-test: $(STAMP) ## Run the CPU test suite (installs first if needed)
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q
+# The MLflow UI test drives Debian's Chromium: installed here when we may (CI runs as root on Debian).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: chromium is not installed; the MLflow UI browser test will be skipped"
+
+test: $(STAMP) browser ## Run the CPU test suite (installs first if needed)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -q
 
 test-fast: $(STAMP) ## Run the CPU tests not marked slow
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -q -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -q -m "not slow"
+
+train-phase1: $(STAMP) ## Phase 1 codec training (ARGS="optim=balanced lmbda=0.0035 ...")
+	$(PY) -m phase1.train $(ARGS)
+
+train-phase2: $(STAMP) ## Phase 2 language-model training on the built-in corpus (ARGS="model=small ...")
+	$(PY) -m phase2.train $(ARGS)
+
+sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|full, WORKERS=N, STORAGE=url)
+	$(PY) -m sweeps.run balanced --size $(SIZE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE))
+
+report: $(STAMP) ## Build reports/out/<name>/index.{md,html} from the MLflow runs (STUDY=, EXPERIMENT=)
+	$(PY) -m reports.build $(if $(STUDY),--study $(STUDY)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+data-kodak: ## Download the Kodak test set (24 PNGs) into data/kodak (needs a network)
+	@mkdir -p data/kodak
+	@for i in $$(seq -w 1 24); do \
+	  test -s data/kodak/kodim$$i.png || curl -fsSL -o data/kodak/kodim$$i.png \
+	    https://r0k.us/graphics/kodak/kodak/kodim$$i.png || exit 1; done
+	@echo "Kodak in data/kodak: evaluate with python -m phase1.evaluate CKPT --data data/kodak"
 
 lint: $(STAMP) ## Ruff lint of the whole tree
 	$(VENV)/bin/ruff check .
@@ -43,7 +74,7 @@ lint: $(STAMP) ## Ruff lint of the whole tree
 format: $(STAMP) ## Ruff auto-format
 	$(VENV)/bin/ruff format .
 
-mlflow-ui: $(STAMP) ## Serve the project's MLflow store on $(HOST):$(PORT)
+mlflow-ui: $(STAMP) ## Serve the MLflow store (HOST=127.0.0.1 PORT=5000)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  --default-artifact-root "$(CURDIR)/mlartifacts" --host $(HOST) --port $(PORT)
@@ -62,6 +93,23 @@ bench-hpcm: $(STAMP) ## HPCM encode/decode time (GPU)
 
 bench-hebbian: $(STAMP) ## Hebbian memory layer vs chunked GLA and SDPA (GPU)
 	$(PY) benchmarks/bench_hebbian.py --out benchmarks/results/hebbian.json
+
+# `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
+DEMO_P1 := model=tiny data.patch_size=128 data.batch_size=8 loop.max_steps=150 loop.eval_every=150 \
+           loop.ckpt_every=0 loop.progress=false eval.max_images=3
+DEMO_LAMBDAS ?= 0.0018 0.0067 0.025 0.0932
+demo: $(STAMP) ## The main job: Phase 1 Adam vs Balanced, Phase 2, a short sweep, the report
+	@echo "== Phase 1: tiny HPCM, Adam and Balanced at lambdas $(DEMO_LAMBDAS)"
+	@for l in $(DEMO_LAMBDAS); do for o in adam balanced; do \
+	  $(PY) -m phase1.train optim=$$o lmbda=$$l $(DEMO_P1) logger.run_name=demo-$$o-$$l || exit 1; done; done
+	@echo "== Phase 2: debug preset on the built-in corpus"
+	$(PY) -m phase2.train model=debug loop.max_steps=300 loop.eval_every=100 loop.progress=false \
+	  logger.run_name=demo-phase2
+	@echo "== Balanced sweep (demo size)"
+	$(PY) -m sweeps.run balanced --size demo
+	@echo "== Report"
+	$(PY) -m reports.build
+	@echo "Open the report: reports/out/all/index.html    Browse every run: make mlflow-ui (http://$(HOST):$(PORT))"
 
 clean: ## Remove caches (keeps .venv, the MLflow store and checkpoints)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,299 @@
+"""Run an Optuna study: each trial composes the phase's Hydra config plus its parameters and calls
+`train(cfg)`; every trial is an MLflow run nested under the study's parent run.
+
+    python -m sweeps.run balanced                     # sweeps/studies/balanced.yaml at demo size
+    python -m sweeps.run balanced --size full --workers 4
+    python -m sweeps.run balanced --storage postgresql://user@host/optuna   # many machines, one study
+
+Storage: SQLite (optuna.db at the repo root) for one process; a journal file for `--workers N` local processes
+(SQLite was measured failing with "database is locked" at 16 writers); any SQLAlchemy URL for many machines,
+with heartbeats so a dead worker's trial is failed and retried. Running the same command again continues
+the study: finished trials are not repeated, the trial count is a total across runs, and trials left RUNNING
+by a dead local process are marked failed and their parameters queued again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.tracking import REPO_ROOT
+from sweeps.study import StudySpec, load_study
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+
+def _counted_states():
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# --------------------------------------------------------------------------------------------- storage
+def default_storage(spec: StudySpec, workers: int) -> str:
+    if workers > 1:
+        return f"journal:{REPO_ROOT / 'sweeps' / f'{spec.name}.journal.log'}"
+    return f"sqlite:///{REPO_ROOT / 'optuna.db'}"
+
+
+def open_storage(url: str):
+    """`journal:<path>` -> JournalStorage on a file; local SQLite -> RDBStorage; any other URL -> RDBStorage
+    with heartbeats, whose stale trials are failed and retried (RetryFailedTrialCallback)."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:"):
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                      failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+
+
+def is_local(url: str) -> bool:
+    """Local storages are only used by this runner's own processes, so RUNNING trials at start are stale."""
+    return url.startswith(("journal:", "sqlite:"))
+
+
+# --------------------------------------------------------------------------------------------- the study
+def _sampler(spec: StudySpec):
+    import optuna
+
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(spec.grid(), seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def _pruner(spec: StudySpec):
+    import optuna
+
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.pruner_warmup_evals)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec, storage_url: str):
+    import optuna
+
+    return optuna.create_study(study_name=spec.name, storage=open_storage(storage_url), sampler=_sampler(spec),
+                               pruner=_pruner(spec), direction=spec.direction, load_if_exists=True)
+
+
+def requeue_stale_trials(study) -> int:
+    """Mark trials left RUNNING (by a process that died) as failed and queue their parameters again."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        # GridSampler does not give queued trials a grid point of their own; carry the dead trial's over, or
+        # the sampler cannot tell which point the retry covers.
+        retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
+        for key in ("grid_id", "search_space"):
+            if key in trial.system_attrs:
+                study._storage.set_trial_system_attr(retry._trial_id, key, trial.system_attrs[key])
+    return len(stale)
+
+
+def parent_run_id(study, spec: StudySpec, size: str) -> str | None:
+    """The MLflow run that holds the study, created once and kept in the study's user attributes, so a rerun
+    nests its trials under the same parent."""
+    from common.tracking import MLflowLogger
+
+    existing = study.user_attrs.get(PARENT_RUN_ATTR)
+    if existing:
+        return existing
+    parent = MLflowLogger(experiment=spec.phase, run_name=f"study:{spec.name}",
+                          tags={"optuna_study": spec.name, "optuna_size": size, "kind": "study"})
+    parent.log_params({"study": {"name": spec.name, "sampler": spec.sampler, "pruner": spec.pruner,
+                                 "n_trials": spec.n_trials, "objective": spec.objective,
+                                 "search_space": str(spec.search_space)}})
+    study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+    parent.client.update_run(parent.run_id, status="RUNNING")
+    return parent.run_id
+
+
+# --------------------------------------------------------------------------------------------- a trial
+def _suggest(trial, spec: StudySpec) -> dict[str, Any]:
+    params = {}
+    for name, p in spec.search_space.items():
+        if p["type"] == "categorical":
+            params[name] = trial.suggest_categorical(name, p["choices"])
+        elif p["type"] == "float":
+            params[name] = trial.suggest_float(name, p["low"], p["high"], log=p.get("log", False))
+        else:
+            params[name] = trial.suggest_int(name, p["low"], p["high"], log=p.get("log", False))
+    return params
+
+
+def trial_overrides(spec: StudySpec, size: str, params: dict, number: int, parent: str | None,
+                    logger: str = "mlflow") -> list[str]:
+    overrides = [*spec.overrides, *spec.sizes.get(size, []), *(f"{k}={v}" for k, v in params.items())]
+    if logger == "mlflow":
+        overrides += [f"logger.parent_run_id={parent}", f"logger.run_name={spec.name}-trial-{number}",
+                      f"+logger.tags.optuna_study={spec.name}", f"+logger.tags.optuna_trial={number}"]
+    else:
+        overrides.append("logger=none")
+    return overrides
+
+
+def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str = "mlflow"):
+    import optuna
+
+    from common.config import compose
+
+    train = importlib.import_module(f"{spec.phase}.train").train
+
+    def objective(trial: optuna.Trial) -> float:
+        params = _suggest(trial, spec)
+        cfg = compose(spec.phase, trial_overrides(spec, size, params, trial.number, parent, logger))
+        evals = 0
+
+        def report(step: int, point: dict[str, float]) -> None:
+            nonlocal evals
+            if spec.report_metric in point:
+                evals += 1
+                trial.report(point[spec.report_metric], step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} ({spec.report_metric}="
+                                             f"{point[spec.report_metric]:.4g})")
+
+        summary = train(cfg, on_log=report)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        if spec.objective not in summary:
+            raise KeyError(f"objective {spec.objective!r} is not in train()'s summary: {sorted(summary)}")
+        return summary[spec.objective]
+
+    return objective
+
+
+# --------------------------------------------------------------------------------------------- running
+def _worker(study_file: str, size: str, storage_url: str, parent: str | None, logger: str, quota: int) -> None:
+    from optuna.study import MaxTrialsCallback
+
+    spec = load_study(study_file)
+    study = open_study(spec, storage_url)
+    # Each local worker runs its share of the trials still missing, so N workers together neither stop short
+    # nor overshoot; MaxTrialsCallback also caps the total for workers on other machines.
+    study.optimize(make_objective(spec, size, parent, logger), n_trials=quota, catch=(Exception,),
+                   callbacks=[MaxTrialsCallback(spec.n_trials, states=_counted_states()),
+                              _tag_trial_run(spec, logger)])
+
+
+def _tag_trial_run(spec: StudySpec, logger: str):
+    """After each trial: its MLflow run gets the Optuna state (COMPLETE, PRUNED, FAIL) as a tag."""
+
+    def callback(study, trial) -> None:
+        if logger != "mlflow":
+            return
+        from mlflow.tracking import MlflowClient
+
+        from common.tracking import default_tracking_uri
+
+        client = MlflowClient(default_tracking_uri())
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments() if e.name == spec.phase],
+            filter_string=f"tags.optuna_study = '{spec.name}' and tags.optuna_trial = '{trial.number}'",
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, "optuna_state", trial.state.name)
+            if trial.state.name == "PRUNED":
+                client.set_terminated(run.info.run_id, status="KILLED")
+
+    return callback
+
+
+def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
+    """Study totals and the best trial; written to the parent MLflow run when there is one."""
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    summary: dict[str, Any] = {"study": spec.name, **{f"n_{k}": v for k, v in counts.items()}}
+    if counts["complete"]:
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+    if parent:
+        from mlflow.tracking import MlflowClient
+
+        from common.tracking import default_tracking_uri
+
+        client = MlflowClient(default_tracking_uri())
+        for key, value in counts.items():
+            client.log_metric(parent, f"study/n_{key}", value)
+        if counts["complete"]:
+            client.log_metric(parent, "study/best_value", summary["best_value"])
+            client.set_tag(parent, "best_trial", summary["best_trial"])
+            for k, v in summary["best_params"].items():
+                client.set_tag(parent, f"best.{k}", v)
+        frame = study.trials_dataframe()
+        client.log_text(parent, frame.to_csv(index=False), "study/trials.csv")
+        client.set_terminated(parent, status="FINISHED" if counts["running"] == 0 else "RUNNING")
+    return summary
+
+
+def run_study(study_file: str, size: str = "demo", workers: int = 1, storage: str | None = None,
+              logger: str = "mlflow") -> dict[str, Any]:
+    spec = load_study(study_file)
+    if size not in spec.sizes:
+        raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
+    storage_url = storage or default_storage(spec, workers)
+    if logger == "mlflow":
+        from common.tracking import ensure_store
+
+        ensure_store()  # migrate the MLflow store once, before several processes use it
+    study = open_study(spec, storage_url)
+    if is_local(storage_url):
+        requeued = requeue_stale_trials(study)
+        if requeued:
+            print(f"{requeued} trial(s) left running by an earlier, interrupted run: marked failed and queued again")
+    parent = parent_run_id(study, spec, size) if logger == "mlflow" else None
+    missing = spec.n_trials - len(study.get_trials(deepcopy=False, states=_counted_states()))
+    quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
+    print(f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
+          f"{workers} worker(s)")
+    if missing > 0 and workers == 1:
+        _worker(str(study_file), size, storage_url, parent, logger, missing)
+    elif missing > 0:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(str(study_file), size, storage_url, parent, logger, quota))
+                 for quota in quotas if quota > 0]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if bad:
+            print(f"warning: {len(bad)} worker(s) exited with codes {bad}; their trials are recorded as failed")
+    return summarize(open_study(spec, storage_url), spec, parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="a study file, or the name of one in sweeps/studies/")
+    parser.add_argument("--size", default="demo", help="which of the study's sizes to run (demo, full)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
+    parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
+    args = parser.parse_args(argv)
+    try:
+        summary = run_study(args.study, args.size, args.workers, args.storage, args.logger)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

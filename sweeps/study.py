@@ -1,0 +1,74 @@
+"""A study is one YAML file (sweeps/studies/*.yaml): the base experiment, sizes, the search space, the
+objective, sampler, pruner, trial count and storage. This module reads and checks it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+PARAM_TYPES = ("categorical", "float", "int")
+
+
+@dataclass
+class StudySpec:
+    name: str
+    phase: str  # which train(cfg) the trials call: phase1 | phase2
+    objective: str  # a key of train()'s summary, e.g. final/test/loss
+    direction: str = "minimize"
+    overrides: list[str] = field(default_factory=list)  # Hydra overrides every trial gets
+    sizes: dict[str, list[str]] = field(default_factory=dict)  # named extra overrides: demo, full
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sampler: str = "grid"  # grid | tpe
+    pruner: str = "none"  # none | median
+    pruner_warmup_evals: int = 1
+    report_metric: str = "test/loss"  # intermediate value reported at each evaluation (for pruners)
+    n_trials: int = 12
+    seed: int = 0
+
+    def grid(self) -> dict[str, list]:
+        """The search space as a grid (GridSampler); only categorical parameters form a grid."""
+        not_categorical = [k for k, v in self.search_space.items() if v["type"] != "categorical"]
+        if not_categorical:
+            raise ValueError(f"sampler=grid needs categorical parameters; {not_categorical} are not: use sampler=tpe")
+        return {k: list(v["choices"]) for k, v in self.search_space.items()}
+
+
+def load_study(path_or_name: str | Path) -> StudySpec:
+    """A study file by path, or by name under sweeps/studies/."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        path = STUDIES_DIR / f"{path_or_name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no study file {path_or_name!r}; known studies: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - set(StudySpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown study key(s) {sorted(unknown)}")
+    spec = StudySpec(**raw)
+    _validate(spec, path)
+    return spec
+
+
+def _validate(spec: StudySpec, path: Path) -> None:
+    if spec.phase not in ("phase1", "phase2"):
+        raise ValueError(f"{path}: phase={spec.phase!r} must be phase1 or phase2")
+    if spec.direction not in ("minimize", "maximize"):
+        raise ValueError(f"{path}: direction={spec.direction!r} must be minimize or maximize")
+    if spec.sampler not in ("grid", "tpe"):
+        raise ValueError(f"{path}: sampler={spec.sampler!r} must be grid or tpe")
+    if spec.pruner not in ("none", "median"):
+        raise ValueError(f"{path}: pruner={spec.pruner!r} must be none or median")
+    for name, param in spec.search_space.items():
+        if param.get("type") not in PARAM_TYPES:
+            raise ValueError(f"{path}: search_space.{name}.type must be one of {PARAM_TYPES}")
+        if param["type"] == "categorical" and not param.get("choices"):
+            raise ValueError(f"{path}: search_space.{name} needs a non-empty `choices` list")
+        if param["type"] in ("float", "int") and not {"low", "high"} <= set(param):
+            raise ValueError(f"{path}: search_space.{name} needs `low` and `high`")
+    if spec.n_trials < 1:
+        raise ValueError(f"{path}: n_trials={spec.n_trials} must be >= 1")

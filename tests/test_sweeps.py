@@ -1,0 +1,102 @@
+"""Optuna studies run through sweeps/, every trial an MLflow run nested under the study's parent run."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sweeps.run import open_study, run_study
+from sweeps.study import load_study
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: {name}
+phase: phase1
+objective: final/test/loss
+overrides: [optim=balanced, model=tiny]
+sizes:
+  demo: [data.patch_size=64, data.batch_size=2, data.repeats=1, loop.max_steps=2, loop.eval_every=2,
+         loop.log_every=1, loop.progress=false, eval.max_images=1, eval.real_bitstreams=false]
+search_space:
+  optim.gamma: {{type: categorical, choices: {gammas}}}
+  optim.w_lr: {{type: categorical, choices: [0.01, 0.05]}}
+sampler: grid
+n_trials: {n}
+"""
+
+
+def _study_file(tmp_path, name="tiny", gammas="[0.001, 0.01]", n=4):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(TINY.format(name=name, gammas=gammas, n=n)))
+    return str(path)
+
+
+def _trial_runs(uri, study):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["phase1"], filter_string=f"tags.optuna_study = '{study}'")
+
+
+def test_four_trials_four_nested_runs(tmp_path, mlflow_store):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    summary = run_study(_study_file(tmp_path), storage=storage)
+    assert summary["n_complete"] == 4 and summary["n_fail"] == 0
+    runs = _trial_runs(mlflow_store, "tiny")
+    parent = runs[runs["tags.kind"] == "study"]
+    trials = runs[runs["tags.kind"] != "study"]
+    assert len(parent) == 1 and len(trials) == 4
+    assert set(trials["tags.mlflow.parentRunId"]) == {parent.iloc[0]["run_id"]}
+    assert set(trials["tags.optuna_state"]) == {"COMPLETE"}
+    assert {(float(g), float(w)) for g, w in zip(trials["params.optim.gamma"], trials["params.optim.w_lr"])} == \
+        {(0.001, 0.01), (0.001, 0.05), (0.01, 0.01), (0.01, 0.05)}
+    best = min(trials["metrics.test/loss"])
+    assert parent.iloc[0]["metrics.study/best_value"] == pytest.approx(best)
+
+
+def test_failing_trial_does_not_stop_the_study(tmp_path, mlflow_store):
+    # gamma = "broken" cannot be a float: that trial fails inside train(), the others complete
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    summary = run_study(_study_file(tmp_path, name="failing", gammas="[0.001, broken]"), storage=storage,
+                        logger="none")
+    assert summary["n_fail"] == 2 and summary["n_complete"] == 2
+
+
+def test_interrupted_study_continues(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = _study_file(tmp_path, name="resumable", n=2)
+    assert run_study(first, storage=storage, logger="none")["n_complete"] == 2
+    # a worker that died mid-trial leaves a RUNNING trial behind
+    study = open_study(load_study(first), storage)
+    dead = study.ask()
+    dead.suggest_categorical("optim.gamma", [0.001, 0.01])
+    dead.suggest_categorical("optim.w_lr", [0.01, 0.05])
+    summary = run_study(_study_file(tmp_path, name="resumable", n=4), storage=storage, logger="none")
+    assert summary["n_complete"] == 4 and summary["n_running"] == 0
+    assert summary["n_fail"] == 1  # the dead one, re-run as a queued trial
+    params = [t.params for t in open_study(load_study(first), storage).trials if t.state.name == "COMPLETE"]
+    assert len({tuple(sorted(p.items())) for p in params}) == 4  # no finished grid point was repeated
+
+
+def test_two_workers_share_one_study(tmp_path):
+    summary = run_study(_study_file(tmp_path, name="parallel"), workers=2,
+                        storage=f"journal:{tmp_path / 'journal.log'}", logger="none")
+    assert summary["n_complete"] == 4 and summary["n_fail"] == 0
+
+
+def test_bad_study_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known studies"):
+        load_study("no_such_study")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nphase: phase3\nobjective: y\n")
+    with pytest.raises(ValueError, match="phase='phase3'"):
+        load_study(bad)
+    with pytest.raises(ValueError, match="size='huge'"):
+        run_study(_study_file(tmp_path), size="huge", logger="none")
+
+
+def test_builtin_studies_load():
+    spec = load_study("balanced")
+    assert spec.n_trials == 12 and len(spec.grid()["optim.gamma"]) * len(spec.grid()["optim.w_lr"]) == 12
