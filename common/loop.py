@@ -177,6 +177,30 @@ class Loop:
         return scalars
 
     # ------------------------------------------------------------------------------------------ the loop
+    def fit(self, resume_from=None, tags: Mapping[str, Any] | None = None, run_dir=None) -> dict[str, float]:
+        """Resume (same MLflow run) or record a new run's config and tags, run, and close the run with its
+        status: FINISHED, KILLED (stopped by a signal) or FAILED (an exception, re-raised)."""
+        if resume_from:
+            self.resume(resume_from)
+        else:
+            self.logger.log_params(self.config)
+            self.logger.set_tags(dict(tags or {}))
+            if run_dir is not None and self.is_main:
+                from pathlib import Path
+
+                import yaml
+
+                path = Path(run_dir) / "config.yaml"  # the resolved config, as the run's first artifact
+                path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+                self.logger.log_artifact(path)
+        status = "FAILED"
+        try:
+            summary = self.run()
+            status = "KILLED" if summary["interrupted"] else "FINISHED"
+            return summary
+        finally:
+            self.logger.close(status=status)
+
     def run(self) -> dict[str, float]:
         cfg, state = self.cfg, self.state
         sums: dict[str, float] = {}

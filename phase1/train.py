@@ -165,19 +165,11 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
     checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
     loop = Loop(loop_config(cfg.loop), hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
                 is_main=dist.is_main, on_log=on_log)
-    if resume_from:
-        loop.resume(resume_from)
-    else:
-        logger.log_params(plain)
-        logger.set_tags({"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name, "run_dir": folder})
-    status = "FAILED"
     try:
-        summary = loop.run()
-        status = "KILLED" if summary["interrupted"] else "FINISHED"
+        return loop.fit(resume_from, tags={"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name,
+                                           "run_dir": folder}, run_dir=folder)
     finally:
-        logger.close(status=status)
         runtime.shutdown_distributed()
-    return summary
 
 
 @configs.main("phase1")

@@ -35,6 +35,10 @@ def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
     missing = [m for m in expected if f"metrics.{m}" not in run or run[f"metrics.{m}"] != run[f"metrics.{m}"]]
     assert not missing, f"not logged: {missing}"
     assert run["params.optim.name"] == optim and run["status"] == "FINISHED"
+    assert run["tags.git_commit"] and run["tags.command"]  # where the run came from
+    from mlflow.tracking import MlflowClient
+
+    assert "config.yaml" in [a.path for a in MlflowClient(mlflow_store).list_artifacts(run["run_id"])]
     assert run["metrics.test/bpp_real"] > 0 and run["metrics.test/bpp_loss"] > 0
     ckpt = load_checkpoint(tmp_path / "ckpt" / "last.pt", kind="phase1")
     assert ckpt["mlflow_run_id"] == run["run_id"]
