@@ -113,7 +113,7 @@ class CoderTables:
 
 def rans_encode(symbols: np.ndarray, indexes: np.ndarray, tables: CoderTables) -> bytes:
     """One rANS stream for int32 `symbols`, each coded with the table `indexes` names."""
-    return RansEncoder().encode_with_indexes(symbols.tolist(), indexes.tolist(), *_as_args(tables))
+    return RansEncoder().encode_with_indexes(_seq(symbols), _seq(indexes), *_as_args(tables))
 
 
 class RansStreamReader:
@@ -127,8 +127,13 @@ class RansStreamReader:
         self._args = _as_args(tables)
 
     def read(self, indexes: np.ndarray) -> np.ndarray:
-        out = self._decoder.decode_stream(indexes.tolist(), *self._args)
+        out = self._decoder.decode_stream(_seq(indexes), *self._args)
         return np.asarray(out, dtype=np.int32)
+
+
+def _seq(a: np.ndarray) -> memoryview:
+    """The coder's binding takes any sequence of ints: a memoryview of int32 skips building a Python list."""
+    return memoryview(np.ascontiguousarray(a, dtype=np.int32).reshape(-1))
 
 
 def _as_args(tables: CoderTables):

@@ -20,7 +20,7 @@ def conv_down2(cin: int, cout: int) -> nn.Conv2d:
 
 
 def deconv_up2(cin: int, cout: int) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+    return SubpixelConvTranspose2d(cin, cout, kernel_size=2, stride=2)
 
 
 def conv_down4x4(cin: int, cout: int) -> nn.Conv2d:
@@ -29,7 +29,47 @@ def conv_down4x4(cin: int, cout: int) -> nn.Conv2d:
 
 
 def deconv_up4x4(cin: int, cout: int) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1)
+    return SubpixelConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1)
+
+
+class SubpixelConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution computed as a stride-1 convolution to stride^2 phases + pixel shuffle.
+
+    Same parameters and result as nn.ConvTranspose2d, but deterministic on GPUs: cuDNN runs transposed
+    convolutions as convolution gradients, whose fast algorithms accumulate in a varying order, so two runs on the
+    same input can differ in the last bit; the encoder and decoder must compute identical distributions.
+    Output phase a of a stride-s transposed conv reads input i - d through tap s*d + a + padding, for the d that
+    keep the tap inside the kernel: a small ordinary convolution per phase, all phases in one conv."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, padding: int = 0):
+        super().__init__(cin, cout, kernel_size, stride=stride, padding=padding)
+        k, s, p = kernel_size, stride, padding
+        if (k - 2 * p) != s:
+            raise ValueError(f"kernel {k}, stride {s}, padding {p}: only exact s-fold upsampling is supported")
+        ds = [d for a in range(s) for d in range(-k, k + 1) if 0 <= s * d + a + p < k]
+        self.reach = (max(ds), -min(ds))  # input pixels read before / after
+        span = max(ds) - min(ds) + 1
+        # tap index (into k*k taps + one zero tap) of phase (a, b) at window offset (jy, jx)
+        taps = torch.full((s, s, span, span), k * k, dtype=torch.long)
+        for a in range(s):
+            for b in range(s):
+                for jy in range(span):
+                    for jx in range(span):
+                        ty, tx = s * (max(ds) - jy) + a + p, s * (max(ds) - jx) + b + p
+                        if 0 <= ty < k and 0 <= tx < k:
+                            taps[a, b, jy, jx] = ty * k + tx
+        self.register_buffer("taps", taps, persistent=False)
+
+    def forward(self, x):
+        cin, cout = self.in_channels, self.out_channels
+        s = self.stride[0]
+        w = F.pad(self.weight.reshape(cin, cout, -1), (0, 1))  # (Cin, Cout, k*k + 1), last tap zero
+        w = w[:, :, self.taps.reshape(-1)].reshape(cin, cout, s, s, *self.taps.shape[2:])
+        w = w.permute(1, 2, 3, 0, 4, 5).reshape(cout * s * s, cin, *self.taps.shape[2:])  # pixel-shuffle order
+        before, after = self.reach
+        x = F.pad(x, (before, after, before, after)) if before or after else x
+        bias = self.bias.repeat_interleave(s * s) if self.bias is not None else None
+        return F.pixel_shuffle(F.conv2d(x, w, bias), s)
 
 
 class PartialConv3x3(nn.Module):

@@ -132,7 +132,7 @@ def test_one_tiny_training_step_on_256_crop_is_well_under_a_second():
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     x = _image(256, 256)
     times = []
-    for _ in range(3):
+    for _ in range(5):  # the fastest of a few: other processes may share the 2 cores
         t = time.perf_counter()
         out = model(x)
         bpp = sum(lk.log2().sum() for lk in out["likelihoods"].values()) / (-256 * 256)
