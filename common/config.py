@@ -79,11 +79,55 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException)
 
 
+def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose `name` with the command line's overrides and check each value override against the type of the
+    value it replaces (a number stays a number, a flag a flag). Raises UserError with a one-line message."""
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(name, overrides)
+    except HydraException as err:
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        message = lines[0]
+        header = next((i for i, ln in enumerate(lines) if ln.startswith("Available options")), None)
+        if header is not None:  # an unknown group option: list the known ones
+            start = header + 1
+            known = [ln for ln in lines[start:] if not ln.startswith(("Config search path", "provider="))]
+            message += f" (available: {', '.join(known)})"
+        elif len(lines) > 1 and lines[0].startswith("Could not override"):
+            message += " " + lines[1]  # Hydra's hint, e.g. "To append to your config use +foo=1"
+        raise UserError(message) from None
+    for i, override in enumerate(overrides):
+        key, _, _ = override.partition("=")
+        key = key.lstrip("+~")
+        if "/" in key or "@" in key:
+            continue  # a config group selection
+        before = OmegaConf.select(compose(name, [*overrides[:i], *overrides[i + 1 :]]), key, default=None)
+        if before is None or OmegaConf.is_config(before):
+            continue  # a new key, a null default, or a group
+        _check_type(key, before, OmegaConf.select(cfg, key))
+    return cfg
+
+
+def _check_type(key: str, default: Any, value: Any) -> None:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise UserError(f"{key}={value!r} must be true or false")
+    if number(default) and not number(value):
+        raise UserError(f"{key}={value!r} must be a number (default {default!r})")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+            and not value.is_integer():
+        raise UserError(f"{key}={value!r} must be a whole number (default {default!r})")
+
+
 def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
     """`@main("phase1")` on `train(cfg)`: a `python -m` entry point with Hydra's CLI.
 
-    Bad input met while running (a missing path, a wrong value, a broken checkpoint) prints
-    `error: <one line>` and exits 2; genuine bugs still show their traceback."""
+    Bad input prints `error: <one line>` and exits 2: an unknown override or group option, a value of the
+    wrong type (checked before anything runs), and what train() meets while running (a missing path, a wrong
+    value, a broken checkpoint). Genuine bugs still show their traceback."""
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], None]:
         import hydra
@@ -93,11 +137,26 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
             try:
                 return fn(cfg)
             except _user_error_types() as err:
-                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                print(f"error: {message}", file=sys.stderr)
-                sys.exit(2)
+                _exit_with(err)
 
         folder, config_name = config_location(name)
-        return hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)
+        hydra_entry = hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)
+
+        def entry() -> None:
+            overrides = sys.argv[1:]
+            if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--multirun, --cfg) pass as is
+                try:
+                    check_overrides(name, overrides)
+                except _user_error_types() as err:
+                    _exit_with(err)
+            hydra_entry()
+
+        return entry
 
     return wrap
+
+
+def _exit_with(err: BaseException) -> None:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
