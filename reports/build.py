@@ -125,6 +125,32 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_histories(path: Path, runs: pd.DataFrame, keys: list[str], ylabels: list[str], label) -> None:
+    """One panel per metric, one line per run, from the metric histories MLflow holds."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6), squeeze=False)
+    for ax, key, ylabel in zip(axes[0], keys, ylabels):
+        for _, row in runs.iterrows():
+            hist = metric_history(row["run_id"], key)
+            if not hist.empty:
+                ax.plot(hist["step"], hist["value"], label=label(row))
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------------ sections
 def phase1_section(report: Report, runs: pd.DataFrame) -> None:
     trained = runs[(_col(runs, "tags.phase") == "phase1")]
@@ -186,23 +212,8 @@ def task_weight_section(report: Report, trained: pd.DataFrame) -> None:
     balanced = trained[_col(trained, "params.optim.name") == "balanced"]
     if balanced.empty:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for _, row in balanced.iterrows():
-        hist = metric_history(row["run_id"], "train/task_weight_distortion")
-        if not hist.empty:
-            ax.plot(hist["step"], hist["value"], label=f"{row['run_id'][:8]} lambda={row.get('params.lmbda')}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("task weight of distortion")
-    ax.axhline(0.5, color="gray", lw=0.5)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(report.folder / "task_weights.png", dpi=120)
-    plt.close(fig)
+    plot_histories(report.folder / "task_weights.png", balanced, ["train/task_weight_distortion"],
+                   ["task weight of distortion"], lambda row: f"{row['run_id'][:8]} lambda={row.get('params.lmbda')}")
     report.heading("Phase 1: Balanced task weights")
     report.figure("task_weights.png", "FAMO weight of the distortion task over training (rate = 1 - it)")
 
@@ -242,10 +253,7 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
             study = optuna.load_study(study_name=name, storage=open_storage(url))
         except KeyError:  # this storage has no study of that name; the next may
             continue
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _pyplot()
         from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
         plot_optimization_history(study)
@@ -282,24 +290,8 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
         "tokens/s": _col(lm, "metrics.train/items_per_s"),
         "status": lm["status"],
     }))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for _, row in lm.iterrows():
-        for ax, key in zip(axes, ("train/loss", "val/loss")):
-            hist = metric_history(row["run_id"], key)
-            if not hist.empty:
-                ax.plot(hist["step"], hist["value"], label=f"{row['run_id'][:8]} {row.get('tags.model', '')}")
-    for ax, key in zip(axes, ("train loss", "val loss")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(report.folder / "phase2_curves.png", dpi=120)
-    plt.close(fig)
+    plot_histories(report.folder / "phase2_curves.png", lm, ["train/loss", "val/loss"], ["train loss", "val loss"],
+                   lambda row: f"{row['run_id'][:8]} {row.get('tags.model', '')}")
     report.figure("phase2_curves.png", "Phase 2 learning curves (from the logged metrics)")
     diag_keys = ["diag/gamma_mean", "diag/snr_mean", "diag/lyapunov_stable_ratio", "diag/fast_weight_energy"]
     present = [k for k in diag_keys if f"metrics.{k}" in lm.columns]
