@@ -13,6 +13,7 @@ TEST_WORKERS ?= auto
 SIZE       ?= demo
 WORKERS    ?= 1
 STORAGE    ?=
+SAMPLER    ?=
 STUDY      ?=
 EXPERIMENT ?=
 # Extra Hydra overrides for train/sweep targets, e.g. `make train-phase2 ARGS="model=small"`.
@@ -55,8 +56,9 @@ train-phase1: $(STAMP) ## Phase 1 codec training (ARGS="optim=balanced lmbda=0.0
 train-phase2: $(STAMP) ## Phase 2 language-model training on the built-in corpus (ARGS="model=small ...")
 	$(PY) -m phase2.train $(ARGS)
 
-sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|full, WORKERS=N, STORAGE=url)
-	$(PY) -m sweeps.run balanced --size $(SIZE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE))
+sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|full WORKERS=N STORAGE=url SAMPLER=tpe)
+	$(PY) -m sweeps.run balanced --size $(SIZE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
+	  $(if $(SAMPLER),--sampler $(SAMPLER))
 
 report: $(STAMP) ## Build reports/out/<name>/index.{md,html} from the MLflow runs (STUDY=, EXPERIMENT=)
 	$(PY) -m reports.build $(if $(STUDY),--study $(STUDY)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import multiprocessing as mp
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,15 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
 
 
 # --------------------------------------------------------------------------------------------- running
-def _worker(study_file: str, size: str, storage_url: str, parent: str | None, logger: str, quota: int) -> None:
+def _worker(study_file: str, size: str, storage_url: str, parent: str | None, logger: str, quota: int,
+            sampler: str | None = None, workers: int = 1) -> None:
     from optuna.study import MaxTrialsCallback
 
-    spec = load_study(study_file)
+    if workers > 1:  # share the cores: OpenMP threads of several processes on one core spin against each other
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    spec = load_study(study_file, sampler=sampler)
     study = open_study(spec, storage_url)
     # Each local worker runs its share of the trials still missing, so N workers together neither stop short
     # nor overshoot; MaxTrialsCallback also caps the total for workers on other machines.
@@ -243,8 +249,8 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
 
 
 def run_study(study_file: str, size: str = "demo", workers: int = 1, storage: str | None = None,
-              logger: str = "mlflow") -> dict[str, Any]:
-    spec = load_study(study_file)
+              logger: str = "mlflow", sampler: str | None = None) -> dict[str, Any]:
+    spec = load_study(study_file, sampler=sampler)
     if size not in spec.sizes:
         raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
     storage_url = storage or default_storage(spec, workers)
@@ -263,10 +269,11 @@ def run_study(study_file: str, size: str = "demo", workers: int = 1, storage: st
     print(f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
           f"{workers} worker(s)")
     if missing > 0 and workers == 1:
-        _worker(str(study_file), size, storage_url, parent, logger, missing)
+        _worker(str(study_file), size, storage_url, parent, logger, missing, sampler)
     elif missing > 0:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(str(study_file), size, storage_url, parent, logger, quota))
+        procs = [ctx.Process(target=_worker,
+                             args=(str(study_file), size, storage_url, parent, logger, quota, sampler, workers))
                  for quota in quotas if quota > 0]
         for p in procs:
             p.start()
@@ -284,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="demo", help="which of the study's sizes to run (demo, full)")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes")
     parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
+    parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
     args = parser.parse_args(argv)
     try:
-        summary = run_study(args.study, args.size, args.workers, args.storage, args.logger)
+        summary = run_study(args.study, args.size, args.workers, args.storage, args.logger, args.sampler)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -37,8 +37,8 @@ class StudySpec:
         return {k: list(v["choices"]) for k, v in self.search_space.items()}
 
 
-def load_study(path_or_name: str | Path) -> StudySpec:
-    """A study file by path, or by name under sweeps/studies/."""
+def load_study(path_or_name: str | Path, sampler: str | None = None) -> StudySpec:
+    """A study file by path, or by name under sweeps/studies/ (`sampler` overrides the file's)."""
     path = Path(path_or_name)
     if not path.is_file():
         path = STUDIES_DIR / f"{path_or_name}.yaml"
@@ -49,6 +49,8 @@ def load_study(path_or_name: str | Path) -> StudySpec:
     unknown = set(raw) - set(StudySpec.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{path}: unknown study key(s) {sorted(unknown)}")
+    if sampler:
+        raw["sampler"] = sampler
     spec = StudySpec(**raw)
     _validate(spec, path)
     return spec

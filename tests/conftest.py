@@ -10,6 +10,10 @@ import pytest
 
 # Tests never write to the user's store or open windows.
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One math thread per test process: pytest-xdist already runs one worker per core, and OpenMP threads of
+# several processes on the same cores spin against each other (steps measured 10-100x slower that way).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
