@@ -95,14 +95,21 @@ def requeue_stale_trials(study) -> int:
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        # GridSampler does not give queued trials a grid point of their own; carry the dead trial's over, or
-        # the sampler cannot tell which point the retry covers.
-        retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
-        for key in ("grid_id", "search_space"):
-            if key in trial.system_attrs:
-                study._storage.set_trial_system_attr(retry._trial_id, key, trial.system_attrs[key])
+        requeue(study, trial.params, trial.system_attrs, trial.number)
     return len(stale)
+
+
+def requeue(study, params: dict, system_attrs: dict, retry_of: int) -> None:
+    """Queue `params` again as a new trial of the study."""
+    from optuna.trial import TrialState
+
+    study.enqueue_trial(params, user_attrs={"retry_of": retry_of}, skip_if_exists=False)
+    # GridSampler does not give queued trials a grid point of their own; carry the old trial's over, or the
+    # sampler cannot tell which point the retry covers.
+    retry = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
+    for key in ("grid_id", "search_space"):
+        if key in system_attrs:
+            study._storage.set_trial_system_attr(retry._trial_id, key, system_attrs[key])
 
 
 def parent_run_id(study, spec: StudySpec, size: str) -> str | None:
@@ -169,6 +176,11 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
                                              f"{point[spec.report_metric]:.4g})")
 
         summary = train(cfg, on_log=report)
+        if summary.get("interrupted"):  # SIGINT/SIGTERM: train() saved a checkpoint; stop the whole sweep
+            trial.study.stop()
+            requeue(trial.study, trial.params, trial.study._storage.get_trial_system_attrs(trial._trial_id),
+                    trial.number)
+            raise InterruptedError(f"trial {trial.number} was stopped by a signal; run the sweep again to go on")
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         if spec.objective not in summary:

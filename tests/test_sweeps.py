@@ -100,3 +100,35 @@ def test_bad_study_files(tmp_path):
 def test_builtin_studies_load():
     spec = load_study("balanced")
     assert spec.n_trials == 12 and len(spec.grid()["optim.gamma"]) * len(spec.grid()["optim.w_lr"]) == 12
+
+
+def test_sigterm_stops_the_sweep_and_a_rerun_finishes_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from common.tracking import REPO_ROOT
+
+    study_file = _study_file(tmp_path, name="stoppable", n=4)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # a longer trial, so the signal lands inside one
+    args = [sys.executable, "-m", "sweeps.run", study_file, "--storage", storage, "--logger", "none"]
+    spec_text = open(study_file).read().replace("loop.max_steps=2", "loop.max_steps=400")
+    open(study_file, "w").write(spec_text)
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        study = open_study(load_study(study_file), storage)
+        if any(t.state.name == "RUNNING" for t in study.trials):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    states = [t.state.name for t in open_study(load_study(study_file), storage).trials]
+    assert states.count("FAIL") == 1 and states.count("WAITING") == 1, (states, out[-2000:])
+    assert "COMPLETE" not in states  # the sweep stopped: no further trial started
+    open(study_file, "w").write(spec_text.replace("loop.max_steps=400", "loop.max_steps=2"))
+    summary = run_study(study_file, storage=storage, logger="none")
+    assert summary["n_complete"] == 4 and summary["n_running"] == 0
