@@ -1,0 +1,123 @@
+"""Hebbian memory: chunked (parallel) form == recurrence, any chunk size, gradients through time, gates."""
+
+import pytest
+import torch
+
+from phase2.config import Phase2Config
+from phase2.memory import HebbianMemory, MemoryState
+from phase2.ops.hebbian import hebbian_memory
+
+
+def _rel(x, ref):
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(T, dtype=torch.float64, B=2, H=3, K=8, V=5, seed=0, decay=0.5, state=True):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, T, K, generator=gen, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, H, T, V, generator=gen, dtype=dtype)
+    g = -decay * torch.rand(B, H, T, generator=gen, dtype=dtype)
+    S0 = torch.randn(B, H, K, V, generator=gen, dtype=dtype) if state else None
+    return q, k, v, g, S0
+
+
+@pytest.mark.parametrize("T", [1, 63, 500])
+@pytest.mark.parametrize("chunk", [1, 16, 64])
+def test_chunked_equals_recurrent_float64(T, chunk):
+    q, k, v, g, S0 = _inputs(T)
+    o1, s1 = hebbian_memory(q, k, v, g, S0, chunk, "chunk")
+    o2, s2 = hebbian_memory(q, k, v, g, S0, chunk, "recurrent")
+    assert _rel(o1, o2) < 1e-12 and _rel(s1, s2) < 1e-12
+
+
+@pytest.mark.parametrize("T,chunk", [(63, 16), (500, 64), (37, 7)])
+def test_chunked_equals_recurrent_float32(T, chunk):
+    q, k, v, g, S0 = (x.float() for x in _inputs(T))
+    o1, s1 = hebbian_memory(q, k, v, g, S0, chunk, "chunk")
+    o2, s2 = hebbian_memory(q, k, v, g, S0, chunk, "recurrent")
+    assert _rel(o1, o2) < 1e-5 and _rel(s1, s2) < 1e-5
+
+
+def test_gradients_match_the_recurrence():
+    leaves = [x.requires_grad_(True) for x in _inputs(63)]
+    w = torch.randn(2, 3, 63, 5, dtype=torch.float64)
+    grads = []
+    for mode in ("chunk", "recurrent"):
+        o, S = hebbian_memory(*leaves, chunk_size=16, mode=mode)
+        grads.append(torch.autograd.grad((o * w).sum() + S.sum(), leaves))
+    for a, b in zip(*grads):
+        assert _rel(a, b) < 1e-10
+
+
+def test_gradient_flows_through_time():
+    q, k, v, g, _ = _inputs(40, state=False)
+    k.requires_grad_(True)
+    o, _ = hebbian_memory(q, k, v, g, None, 8, "chunk")
+    (dk,) = torch.autograd.grad(o[:, :, -1].sum(), k)
+    assert dk[:, :, 0].abs().min() > 0  # the last read depends on the first write, 5 chunks earlier
+
+
+def test_strong_decay_stays_finite():
+    q, k, v, g, S0 = _inputs(200, dtype=torch.float32, decay=80.0)
+    o, S = hebbian_memory(q, k, v, g, S0, 64, "chunk")
+    assert torch.isfinite(o).all() and torch.isfinite(S).all()
+    o2, _ = hebbian_memory(q, k, v, g, S0, 64, "recurrent")
+    assert _rel(o, o2) < 1e-5
+
+
+def test_bad_shapes():
+    q, k, v, g, S0 = _inputs(8)
+    with pytest.raises(ValueError, match="g"):
+        hebbian_memory(q, k, v, g[..., :4])
+    with pytest.raises(ValueError, match="initial_state"):
+        hebbian_memory(q, k, v, g, S0[:1])
+    with pytest.raises(ValueError, match="mode"):
+        hebbian_memory(q, k, v, g, mode="fast")
+
+
+# ------------------------------------------------------------------------------- the gated memory layer
+def _layer(**kw):
+    base = dict(d_model=24, num_heads=2, head_dim=8, chunk_size=4, gate_interval=6, base_decay=0.05,
+                gamma_adjust_rate=0.2, resonance_energy_threshold=0.15)
+    torch.manual_seed(0)
+    return HebbianMemory(Phase2Config(**{**base, **kw}).validate())
+
+
+def _run(layer, h, gamma, splits, mode):
+    layer.mode = mode
+    st, pos, outs = None, 0, []
+    for n in splits:
+        o, _, st, _ = layer(h[:, pos:pos + n], gamma[:, pos:pos + n], pos, st)
+        outs.append(o)
+        pos += n
+    return torch.cat(outs, 1), st
+
+
+def test_gated_layer_chunked_equals_recurrent_and_streaming():
+    layer = _layer()
+    h = torch.randn(3, 41, 24)
+    gamma = 0.05 + 0.05 * torch.rand(3, 41, 2)
+    ref, st_ref = _run(layer, h, gamma, [41], "recurrent")
+    for splits, mode in (([41], "chunk"), ([5, 1, 13, 22], "chunk"), ([1] * 41, "auto")):
+        out, st = _run(layer, h, gamma, splits, mode)
+        assert _rel(out, ref) < 1e-5, (splits, mode)
+        assert _rel(st.S, st_ref.S) < 1e-5 and _rel(st.gate_gamma, st_ref.gate_gamma) < 1e-5
+
+
+def test_chunk_size_does_not_move_the_gates():
+    h = torch.randn(2, 30, 24)
+    gamma = 0.05 + 0.05 * torch.rand(2, 30, 2)
+    outs = [_run(_layer(chunk_size=c), h, gamma, [30], "chunk")[0] for c in (1, 4, 5, 64)]
+    for o in outs[1:]:
+        assert _rel(o, outs[0]) < 1e-5
+
+
+def test_gates_act():
+    layer = _layer(snr_threshold=50.0)  # every non-empty memory is "cluttered": Gamma boosted
+    h = torch.randn(2, 13, 24)
+    gamma = torch.full((2, 13, 2), 0.05)
+    _, gamma_eff, st, diag = layer(h, gamma, 0, None, want_diag=True)
+    assert torch.equal(gamma_eff[:, :6], gamma[:, :6])  # first interval: empty memory, no gate
+    assert (gamma_eff[:, 6:] > 1.9 * gamma[:, 6:]).all()  # boost 2 (times the Lyapunov factor >= 1)
+    assert diag["snr"].shape == (2, 2, 3) and diag["energy"].shape == (2, 2, 3)
+    assert isinstance(st, MemoryState) and (st.gate_key >= 0).all()
