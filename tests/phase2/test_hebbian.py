@@ -121,3 +121,65 @@ def test_gates_act():
     assert (gamma_eff[:, 6:] > 1.9 * gamma[:, 6:]).all()  # boost 2 (times the Lyapunov factor >= 1)
     assert diag["snr"].shape == (2, 2, 3) and diag["energy"].shape == (2, 2, 3)
     assert isinstance(st, MemoryState) and (st.gate_key >= 0).all()
+
+
+# ------------------------------------------------------------------------ the Triton output kernel
+# Triton picks interpreter or compiler when it is imported (its reductions are jit functions too), so the
+# kernels run under TRITON_INTERPRET=1 in a fresh interpreter process.
+TRITON_CHECK = """
+import torch
+from phase2.ops.hebbian.chunk import chunk_o_torch, hebbian_chunked
+from phase2.ops.hebbian.triton import INTERPRETED, chunk_o_triton
+assert INTERPRETED
+
+def rel(x, ref):
+    return ((x - ref).norm() / ref.norm()).item()
+
+def grads(fn, leaves, w):
+    o = fn(*leaves)
+    return o, torch.autograd.grad((o * w).sum(), leaves)
+
+# the fused output step and its backward against the PyTorch expression, odd chunk counts
+for N, C, K, V in [(1, 16, 16, 16), (5, 32, 16, 64), (3, 64, 64, 32)]:
+    gen = torch.Generator().manual_seed(N)
+    q, k = (torch.randn(N, C, K, generator=gen) for _ in range(2))
+    v, S = torch.randn(N, C, V, generator=gen), torch.randn(N, K, V, generator=gen)
+    b = (-0.3 * torch.rand(N, C, generator=gen)).cumsum(-1)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, b, S)]
+    w = torch.randn(N, C, V, generator=gen)
+    (o_ref, g_ref), (o, g) = grads(chunk_o_torch, leaves, w), grads(chunk_o_triton, leaves, w)
+    assert rel(o, o_ref) < 1e-5, (N, C, K, V)
+    for name, a, r in zip("qkvbS", g, g_ref):
+        assert rel(a, r) < 1e-5, (name, N, C, K, V, rel(a, r))
+
+# the whole op through the kernel, T = 1, 63, 500 (padding, one and many chunks), with an initial state
+for T in (1, 63, 500):
+    gen = torch.Generator().manual_seed(T)
+    q, k = (torch.randn(2, 3, T, 16, generator=gen) for _ in range(2))
+    v, S0 = torch.randn(2, 3, T, 32, generator=gen), torch.randn(2, 3, 16, 32, generator=gen)
+    g = -0.5 * torch.rand(2, 3, T, generator=gen)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, g, S0)]
+    outs = []
+    for impl in ("triton", "torch"):
+        o, S = hebbian_chunked(*leaves, chunk_size=16, impl=impl)
+        outs.append((o, S, torch.autograd.grad(o.square().sum() + S.sum(), leaves)))
+    (o1, s1, g1), (o2, s2, g2) = outs
+    assert rel(o1, o2) < 1e-5 and rel(s1, s2) < 1e-5, T
+    for name, a, r in zip("qkvgS", g1, g2):
+        assert rel(a, r) < 1e-5, (name, T, rel(a, r))
+print("ok")
+"""
+
+
+def test_triton_kernels_in_the_interpreter():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

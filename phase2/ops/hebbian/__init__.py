@@ -12,9 +12,10 @@ Shapes:
     o:    (B, H, T, V) in q's dtype;  S: (B, H, K, V) final state in float32 (float64 for float64 inputs)
 
 mode="chunk": the parallel form for training (phase2/ops/hebbian/chunk.py); chunk_size changes the work
-split, not the result. mode="recurrent": one step per token (naive.py), the streaming form. The two agree to
-float32 rounding; it is the same operation as flash-linear-attention's chunk_simple_gla with scale 1 and
-layout (B, H, T, K).
+split, not the result. Its output step is a fused Triton kernel (triton.py) on CUDA when chunk_size, K and V
+are powers of two in 16..128 (impl="auto"), or PyTorch (impl="torch"). mode="recurrent": one step per
+token (naive.py), the streaming form. The two agree to float32 rounding. It is the same operation as
+flash-linear-attention's chunk_simple_gla with scale 1, in layout (B, H, T, K).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = ["hebbian_memory", "hebbian_chunked", "hebbian_recurrent"]
 
 
 def hebbian_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, initial_state=None,
-                   chunk_size: int = 64, mode: str = "chunk"):
+                   chunk_size: int = 64, mode: str = "chunk", impl: str = "auto"):
     """See the module docstring."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"hebbian_memory: q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, H, T, K)")
@@ -43,7 +44,7 @@ def hebbian_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"hebbian_memory: chunk_size={chunk_size!r} must be a positive integer")
     if mode == "chunk":
-        return hebbian_chunked(q, k, v, g, initial_state, chunk_size)
+        return hebbian_chunked(q, k, v, g, initial_state, chunk_size, impl)
     if mode == "recurrent":
         return hebbian_recurrent(q, k, v, g, initial_state)
     raise ValueError(f"hebbian_memory: mode={mode!r}; use 'chunk' or 'recurrent'")

@@ -1,27 +1,55 @@
-"""Parallel (chunked) Hebbian memory: the training form, every chunk at once, gradients by autograd.
+"""Parallel (chunked) Hebbian memory: the training form, every chunk at once.
 
 For chunk c of length C, with b_t the cumulative log-decay inside the chunk (b_t = g_{c,0} + ... + g_{c,t}):
-  intra  o_t += sum_{s<=t in c} exp(b_t - b_s) (q_t . k_s) v_s              (causal masked "attention")
   state  dS_c = sum_{s in c} exp(b_C - b_s) k_s^T v_s                       (what chunk c writes)
   carry  S_in(c) = sum_{j<c} exp(B_{c-1} - B_j) dS_j + exp(B_{c-1}) S_0      (B_c: log-decay through chunk c)
-  inter  o_t += exp(b_t) q_t S_in(c)
+  output o_t = sum_{s<=t in c} exp(b_t - b_s) (q_t . k_s) v_s + exp(b_t) q_t S_in(c)
 The carry is one (NC x NC) lower-triangular matrix product instead of a loop over chunks, so nothing runs
 sequentially. Every exponent is a difference of cumulative sums taken in the right order, hence <= 0:
 nothing overflows however strong the decay. Matrix products run in the inputs' dtype (bfloat16 for speed),
 cumulative decays and the final state in float32 (float64 for float64 inputs).
+
+The output step (the per-chunk masked "attention" plus the inter-chunk read) is `chunk_o_torch` here or one
+fused Triton kernel with its own backward (triton.py); everything else is PyTorch with autograd.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
+_IMPLS = ("auto", "torch", "triton")
 
-def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64):
+
+def chunk_o_torch(q, k, v, b, S_in):
+    """q, k (N, C, K); v (N, C, V); b (N, C) cumulative log-decay; S_in (N, K, V) -> o (N, C, V) in b's dtype."""
+    acc, mm = b.dtype, q.dtype
+    C = q.shape[-2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")))  # (N, C, C)
+    scores = (q @ k.transpose(-1, -2)).to(acc) * decay
+    o = (scores.to(mm) @ v).to(acc)
+    return o + ((q * torch.exp(b).to(mm)[..., None]) @ S_in.to(mm)).to(acc)
+
+
+def _triton_fits(q, v, C: int) -> bool:
+    pow2 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731  (tl.dot tiles)
+    K, V = q.shape[-1], v.shape[-1]
+    return q.dtype in (torch.float32, torch.bfloat16, torch.float16) and pow2(C) and pow2(K) and pow2(V) \
+        and K <= 128 and V <= 128
+
+
+def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: str = "auto"):
     """q, k: (B, H, T, K); v: (B, H, T, V); g: (B, H, T) log-decay <= 0; initial_state (B, H, K, V) or None.
 
     Returns o (B, H, T, V) in q's dtype and the final state (B, H, K, V) in the accumulation dtype.
+    impl: "torch", "triton" (fused output kernel; chunk_size, K and V powers of two in 16..128), or "auto"
+    (Triton on CUDA, or under TRITON_INTERPRET=1, when the shapes fit).
     """
+    if impl not in _IMPLS:
+        raise ValueError(f"hebbian_chunked: impl={impl!r}; use one of {_IMPLS}")
     B, H, T, K = q.shape
     Vd = v.shape[-1]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -39,14 +67,8 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64):
     b = g.to(acc).reshape(B, H, NC, C).cumsum(-1)  # (B, H, NC, C)
     bC = b[..., -1]  # (B, H, NC): the chunk's total log-decay
 
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")))  # (B,H,NC,C,C)
-    scores = (q @ k.transpose(-1, -2)).to(acc) * decay
-    o = (scores.to(mm) @ v).to(acc)  # (B, H, NC, C, V)
-
     k_to_end = k * torch.exp(bC[..., None] - b).to(mm)[..., None]
     dS = k_to_end.transpose(-1, -2) @ v  # (B, H, NC, K, V)
-
     cB = bC.cumsum(-1)  # (B, H, NC): log-decay from the start through chunk c
     before = cB - bC  # through chunk c - 1
     earlier = torch.ones(NC, NC, dtype=torch.bool, device=q.device).tril(-1)  # j < c
@@ -57,5 +79,15 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64):
         S0 = initial_state.to(acc)
         S_in = S_in + (torch.exp(before)[..., None, None] * S0[:, :, None]).to(S_in.dtype)
         S_final = S_final + torch.exp(cB[..., -1])[..., None, None] * S0
-    o = o + ((q * torch.exp(b).to(mm)[..., None]) @ S_in.to(mm)).to(acc)
+    S_in = S_in.to(mm)
+
+    use_triton = impl == "triton" or (impl == "auto" and _triton_fits(q, v, C) and
+                                      (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
+    flat = lambda x: x.reshape(B * H * NC, *x.shape[3:])  # noqa: E731  (N = B*H*NC chunks)
+    if use_triton:
+        from .triton import chunk_o_triton  # imported late: CPU-only users need no Triton
+
+        o = chunk_o_triton(flat(q), flat(k), flat(v), flat(b), flat(S_in))
+    else:
+        o = chunk_o_torch(flat(q), flat(k), flat(v), flat(b), flat(S_in))
     return o.reshape(B, H, NC * C, Vd)[:, :, :T].to(mm), S_final
