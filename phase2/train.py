@@ -1,0 +1,199 @@
+"""Phase 2 training: the BK-Core language model, or the Transformer baseline, on real text.
+
+    python -m phase2.train model=small loop.max_steps=5000
+    make train-phase2 ARGS="model=transformer"
+
+`train(cfg) -> dict` is the only entry: the CLI, make, tests and Optuna trials all call it. Checkpoints carry
+the tokenizer, so evaluate/generate/diagnostics need nothing but the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from common import config as configs
+from common import runtime
+from common.batches import EpochBatches
+from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from common.loop import Loop, StepHooks, loop_config, unwrap
+from common.optim import CautiousAdam
+from common.schedulers import build_scheduler
+from common.tracking import create_logger
+from phase2.data import TokenWindows, load_splits
+from phase2.modeling import build_model, diagnostics_scalars
+from phase2.tokenizer import build_tokenizer, encode_documents, tokenizer_from_json
+
+KIND = "phase2"
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms, biases and embeddings-like vectors (1-D parameters), as nanoGPT.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    betas = tuple(cfg.betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, eps=cfg.get("eps", 1e-8))
+    if cfg.name == "cautious_adam":
+        return CautiousAdam(groups, lr=cfg.lr, betas=betas)
+    raise ValueError(f"optim.name={cfg.name!r} is not one of: adamw, adam, cautious_adam")
+
+
+def build_schedule(optimizer, cfg: DictConfig, total_steps: int, d_model: int):
+    return build_scheduler(optimizer, cfg.schedule, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
+                           min_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0, d_model=d_model)
+
+
+class LanguageModelHooks(StepHooks):
+    """Next-token cross-entropy; batch-level diagnostics every `diagnostics_every` steps."""
+
+    def __init__(self, model, optimizer, device, precision: str, val_windows: TokenWindows,
+                 bytes_per_token: float, eval_batches: int | None, batch_size: int, diagnostics_every: int,
+                 tokenizer_json: str):
+        super().__init__(model, optimizer)
+        self.device, self.precision = device, precision
+        self.val_windows, self.bytes_per_token = val_windows, bytes_per_token
+        self.eval_batches, self.batch_size = eval_batches, batch_size
+        self.diagnostics_every, self.tokenizer_json = diagnostics_every, tokenizer_json
+        self.calls = 0
+
+    def compute_loss(self, batch) -> dict[str, Any]:
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
+        self.calls += 1
+        want_diag = self.diagnostics_every > 0 and self.calls % self.diagnostics_every == 0 and _has_diag(self.model)
+        with runtime.autocast(self.device, self.precision):
+            if want_diag:
+                logits, diagnostics = self.model(x, return_diagnostics=True)
+            else:
+                logits, diagnostics = self.model(x), None
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        out: dict[str, Any] = {"loss": loss}
+        if diagnostics is not None:
+            out.update({f"diag/{k}": v for k, v in diagnostics_scalars(diagnostics).items()})
+        return out
+
+    def after_step(self, batch, out) -> dict[str, float]:
+        return {"perplexity": math.exp(min(out["loss"].item(), 50.0))}
+
+    def items_in(self, batch) -> int:
+        return int(batch[0].numel())  # tokens
+
+    def evaluate(self) -> dict[str, float]:
+        nll, count = evaluate_nll(self.model, self.val_windows, self.batch_size, self.device, self.eval_batches)
+        loss = nll / count
+        return {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0)),
+                "val/bits_per_byte": loss / math.log(2) / self.bytes_per_token}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"tokenizer_json": self.tokenizer_json}
+
+
+def _has_diag(model) -> bool:
+    return getattr(unwrap(model), "supports_diagnostics", False)
+
+
+@torch.no_grad()
+def evaluate_nll(model, windows: TokenWindows, batch_size: int, device, max_batches: int | None = None):
+    """Summed next-token NLL (nats) and token count over contiguous windows: one pass over the split."""
+    model.eval()
+    total, count = 0.0, 0
+    n = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
+    for start in range(0, n, batch_size):
+        xs, ys = zip(*(windows[i] for i in range(start, min(start + batch_size, n))))
+        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+        logits = model(x)
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    return total, count
+
+
+def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
+    """Splits, tokenizer (trained on the train split when it is BPE, or restored) and token streams."""
+    splits = load_splits(cfg.data.source, cfg.data.path, cfg.data.hf_name, cfg.data.hf_config)
+    tokenizer = tokenizer_from_json(tokenizer_json) if tokenizer_json else \
+        build_tokenizer(cfg.tokenizer.kind, splits.train, cfg.tokenizer.vocab_size)
+    streams = {s: encode_documents(tokenizer, getattr(splits, s)) for s in ("train", "val")}
+    bytes_per_token = splits.num_bytes["val"] / max(streams["val"].numel(), 1)
+    return tokenizer, streams, bytes_per_token
+
+
+def write_history(path: Path, history: list[dict[str, float]], epoch: int, global_step: int,
+                  best_val_loss: float) -> None:
+    """training_history.json with the seed's fields, filled from the logged points."""
+
+    def series(key: str) -> list[float]:
+        return [p[key] for p in history if key in p]
+
+    record = {
+        "epoch": epoch, "global_step": global_step, "best_val_loss": best_val_loss,
+        "train_losses": series("train/loss"), "val_losses": series("val/loss"),
+        "gamma_history": series("train/diag/gamma_mean"), "snr_history": series("train/diag/snr_mean"),
+        "resonance_history": series("train/diag/resonance_energy"),
+        "stability_history": series("train/diag/lyapunov_stable_ratio"),
+        "steps": [p["step"] for p in history],
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train per `cfg` (see experiments/phase2/train.yaml); returns the final metrics."""
+    dist = runtime.init_distributed()
+    runtime.seed_everything(cfg.seed + dist.rank)
+    device = runtime.pick_device(cfg.device)
+    resume_from = resolve_resume(cfg.resume)
+    resumed = load_checkpoint(resume_from, kind=KIND) if resume_from else None
+    tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)
+
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, seq_len=cfg.seq_len).to(device)
+    if cfg.init_from and not resumed:
+        unwrap(model).load_state_dict(load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"])
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank]
+                                                          if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_schedule(optimizer, cfg.optim, cfg.loop.max_steps, unwrap(model).config.d_model)
+    batches = EpochBatches(TokenWindows(streams["train"], cfg.seq_len), cfg.batch_size, seed=cfg.seed,
+                           rank=dist.rank, world_size=dist.world_size)
+    hooks = LanguageModelHooks(model, optimizer, device, cfg.precision,
+                               TokenWindows(streams["val"], cfg.seq_len, random_offset=False), bytes_per_token,
+                               cfg.eval.max_batches, cfg.batch_size, cfg.diagnostics_every, tokenizer.to_json())
+
+    logger = create_logger(cfg.logger, run_id=(resumed or {}).get("mlflow_run_id") or None, is_main=dist.is_main)
+    folder = configs.run_dir(cfg)
+    checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
+    plain = configs.to_plain(cfg)
+    loop = Loop(loop_config(cfg.loop), hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
+                is_main=dist.is_main, on_log=on_log)
+    tags = {"phase": KIND, "model": _model_name(cfg.model), "tokenizer": tokenizer.kind, "run_dir": folder,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    try:
+        summary = loop.fit(resume_from, tags=tags, run_dir=folder)
+    finally:
+        runtime.shutdown_distributed()
+    if dist.is_main:
+        write_history(folder / "training_history.json", loop.state.history, loop._epoch(), loop.state.global_step,
+                      loop.state.best_val_loss)
+    return summary
+
+
+def _model_name(cfg_model: DictConfig) -> str:
+    return cfg_model.preset if cfg_model.kind == "phase2" else cfg_model.kind
+
+
+@configs.main("phase2")
+def cli(cfg: DictConfig) -> None:
+    print(train(cfg))
+
+
+if __name__ == "__main__":
+    cli()
