@@ -190,14 +190,14 @@ def train_seq2seq_copy(cfg: CopyTaskConfig, device="cpu") -> dict:
 def lm_sequences(src: torch.Tensor, cfg: CopyTaskConfig):
     """(B, max_len + 2) padded src -> input ids (B, 2 max_len + 1), targets (B, 2 max_len + 1) with -100
     where no loss is taken (the first, random copy and padding)."""
-    B = src.size(0)
-    lengths = (src != PAD).sum(1)
-    seq = torch.zeros(B, 2 * cfg.max_len + 2, dtype=torch.long, device=src.device)
-    targets = torch.full_like(seq, -100)
-    for i, L in enumerate(lengths.tolist()):
-        s = src[i, :L]
-        seq[i, :L], seq[i, L], seq[i, L + 1:2 * L + 1], seq[i, 2 * L + 1] = s, cfg.sep, s, cfg.eos
-        targets[i, L + 1:2 * L + 2] = seq[i, L + 1:2 * L + 2]
+    L = (src != PAD).sum(1, keepdim=True)  # (B, 1)
+    pos = torch.arange(2 * cfg.max_len + 2, device=src.device)[None]  # (1, 2 max_len + 2)
+    first = src.gather(1, pos.clamp(max=src.size(1) - 1).expand(src.size(0), -1))
+    second = src.gather(1, (pos - L - 1).clamp(0, src.size(1) - 1))
+    seq = torch.where(pos < L, first, torch.where(pos == L, cfg.sep, torch.where(
+        pos <= 2 * L, second, torch.where(pos == 2 * L + 1, cfg.eos, PAD))))
+    copy = (pos > L) & (pos <= 2 * L + 1)  # positions whose token the model must produce
+    targets = torch.where(copy, seq, -100)
     return seq[:, :-1], targets[:, 1:]
 
 

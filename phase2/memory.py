@@ -64,6 +64,7 @@ class HebbianMemory(nn.Module):
         self.rho = nn.Parameter(torch.full((H,), 0.5)) if cfg.resonance_enabled else None
         self.register_buffer("modes", zeta_mode_basis(K).float(), persistent=False)  # (K, K) columns u_j
         self.mode = "auto"  # "chunk", "recurrent", or "auto": the recurrence for single-token calls
+        self.impl = "auto"  # chunked form's output step: "triton" (CUDA, fitting shapes), "torch", or "auto"
 
     # ---------------------------------------------------------------------------------------- gates
     @torch.no_grad()
@@ -129,7 +130,7 @@ class HebbianMemory(nn.Module):
                     ks = ks + self.rho[None, :, None, None] * (coef @ self.modes.T)
                 ks = ks * (c.hebbian_eta * st.gate_eta)[:, :, None, None]
                 g = -(gam * c.hebbian_dt).transpose(1, 2)  # (B, H, L) log-decay
-                o, S = hebbian_memory(q[:, :, t0:t1], ks, v[:, :, t0:t1], g, S, c.chunk_size, mode)
+                o, S = hebbian_memory(q[:, :, t0:t1], ks, v[:, :, t0:t1], g, S, c.chunk_size, mode, self.impl)
                 outs.append(o)
                 gammas.append(gam)
                 if want_diag:
