@@ -97,7 +97,7 @@ bench-hebbian: $(STAMP) ## Hebbian memory layer vs chunked GLA and SDPA (GPU)
 	$(PY) benchmarks/bench_hebbian.py --out benchmarks/results/hebbian.json
 
 # `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
-DEMO_P1 := model=tiny data.patch_size=128 data.batch_size=8 loop.max_steps=150 loop.eval_every=150 \
+DEMO_P1 := model=tiny data.patch_size=128 data.batch_size=4 loop.max_steps=60 loop.eval_every=60 \
            loop.ckpt_every=0 loop.progress=false eval.max_images=3
 DEMO_LAMBDAS ?= 0.0018 0.0067 0.025 0.0932
 demo: $(STAMP) ## The main job: Phase 1 Adam vs Balanced, Phase 2, a short sweep, the report
@@ -105,8 +105,8 @@ demo: $(STAMP) ## The main job: Phase 1 Adam vs Balanced, Phase 2, a short sweep
 	@for l in $(DEMO_LAMBDAS); do for o in adam balanced; do \
 	  $(PY) -m phase1.train optim=$$o lmbda=$$l $(DEMO_P1) logger.run_name=demo-$$o-$$l || exit 1; done; done
 	@echo "== Phase 2: debug preset on the built-in corpus"
-	$(PY) -m phase2.train model=debug loop.max_steps=300 loop.eval_every=100 loop.progress=false \
-	  logger.run_name=demo-phase2
+	$(PY) -m phase2.train model=debug seq_len=128 batch_size=8 loop.max_steps=200 loop.eval_every=100 \
+	  loop.progress=false logger.run_name=demo-phase2
 	@echo "== Balanced sweep (demo size)"
 	$(PY) -m sweeps.run balanced --size demo
 	@echo "== Report"
