@@ -134,11 +134,12 @@ def main():
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--rep-ms", type=int, default=200)
+    p.add_argument("--no-fla", action="store_true", help="skip fla (its first calls autotune for minutes)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_hebbian needs a CUDA GPU (the CPU tests cover correctness)")
     device = "cuda"
-    chunk_simple_gla, fla_version = load_fla()
+    chunk_simple_gla, fla_version = (None, "not run (--no-fla)") if args.no_fla else load_fla()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "fla": fla_version, "heads": H, "head_dim": D, "tokens_per_call": args.tokens, "dtype": "bfloat16",
               "chunk_size": 64, "rows": []}

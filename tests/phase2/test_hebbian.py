@@ -128,8 +128,8 @@ def test_gates_act():
 # kernels run under TRITON_INTERPRET=1 in a fresh interpreter process.
 TRITON_CHECK = """
 import torch
-from phase2.ops.hebbian.chunk import chunk_o_torch, hebbian_chunked
-from phase2.ops.hebbian.triton import INTERPRETED, chunk_o_triton
+from phase2.ops.hebbian.chunk import chunk_o_torch, chunk_states_torch, hebbian_chunked
+from phase2.ops.hebbian.triton import INTERPRETED, chunk_o_triton, chunk_states_triton
 assert INTERPRETED
 
 def rel(x, ref):
@@ -150,6 +150,11 @@ for N, C, K, V in [(1, 16, 16, 16), (5, 32, 16, 64), (3, 64, 64, 32)]:
     (o_ref, g_ref), (o, g) = grads(chunk_o_torch, leaves, w), grads(chunk_o_triton, leaves, w)
     assert rel(o, o_ref) < 1e-5, (N, C, K, V)
     for name, a, r in zip("qkvbS", g, g_ref):
+        assert rel(a, r) < 1e-5, (name, N, C, K, V, rel(a, r))
+    w2 = torch.randn(N, K, V, generator=gen)
+    (s_ref, h_ref), (s, h) = grads(chunk_states_torch, leaves[1:4], w2), grads(chunk_states_triton, leaves[1:4], w2)
+    assert rel(s, s_ref) < 1e-5, (N, C, K, V)
+    for name, a, r in zip("kvb", h, h_ref):
         assert rel(a, r) < 1e-5, (name, N, C, K, V, rel(a, r))
 
 # the whole op through the kernel, T = 1, 63, 500 (padding, one and many chunks), with an initial state

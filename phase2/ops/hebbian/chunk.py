@@ -6,16 +6,18 @@ For chunk c of length C, with b_t the cumulative log-decay inside the chunk (b_t
   output o_t = sum_{s<=t in c} exp(b_t - b_s) (q_t . k_s) v_s + exp(b_t) q_t S_in(c)
 The carry is one (NC x NC) lower-triangular matrix product instead of a loop over chunks, so nothing runs
 sequentially. Every exponent is a difference of cumulative sums taken in the right order, hence <= 0:
-nothing overflows however strong the decay. Matrix products run in the inputs' dtype (bfloat16 for speed),
-cumulative decays and the final state in float32 (float64 for float64 inputs).
+nothing overflows however strong the decay. Matrix products run in the inputs' dtype (bfloat16 for speed,
+float32 accumulation); cumulative decays are float32 (float64 for float64 inputs), the final state is
+returned in that dtype.
 
-The output step (the per-chunk masked "attention" plus the inter-chunk read) is `chunk_o_torch` here or one
-fused Triton kernel with its own backward (triton.py); everything else is PyTorch with autograd.
+The chunk states (dS) and the output step (the per-chunk masked "attention" plus the inter-chunk read) are
+PyTorch expressions here or fused Triton kernels (triton.py); the carry is a matrix product either way.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +25,22 @@ import torch.nn.functional as F
 _IMPLS = ("auto", "torch", "triton")
 
 
+@lru_cache(maxsize=64)
+def _tril(rows: int, cols: int, diagonal: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(rows, cols, dtype=torch.bool, device=device).tril(diagonal)
+
+
+def chunk_states_torch(k, v, b):
+    """k (N, C, K), v (N, C, V), b (N, C) cumulative log-decay -> dS (N, K, V) = sum_s exp(b_C - b_s) k_s^T v_s."""
+    w = torch.exp(b[..., -1:] - b).to(k.dtype)  # (N, C) decay from each step to the chunk's end
+    return (k * w[..., None]).transpose(-1, -2) @ v
+
+
 def chunk_o_torch(q, k, v, b, S_in):
     """q, k (N, C, K); v (N, C, V); b (N, C) cumulative log-decay; S_in (N, K, V) -> o (N, C, V) in b's dtype."""
     acc, mm = b.dtype, q.dtype
     C = q.shape[-2]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    causal = _tril(C, C, 0, q.device)
     decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")))  # (N, C, C)
     scores = (q @ k.transpose(-1, -2)).to(acc) * decay
     o = (scores.to(mm) @ v).to(acc)
@@ -67,27 +80,24 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
     b = g.to(acc).reshape(B, H, NC, C).cumsum(-1)  # (B, H, NC, C)
     bC = b[..., -1]  # (B, H, NC): the chunk's total log-decay
 
-    k_to_end = k * torch.exp(bC[..., None] - b).to(mm)[..., None]
-    dS = k_to_end.transpose(-1, -2) @ v  # (B, H, NC, K, V)
-    cB = bC.cumsum(-1)  # (B, H, NC): log-decay from the start through chunk c
-    before = cB - bC  # through chunk c - 1
-    earlier = torch.ones(NC, NC, dtype=torch.bool, device=q.device).tril(-1)  # j < c
-    carry = torch.exp((before[..., :, None] - cB[..., None, :]).masked_fill(~earlier, float("-inf")))
-    S_in = (carry.to(mm) @ dS.reshape(B, H, NC, K * Vd)).reshape(B, H, NC, K, Vd)  # (B, H, NC, K, V)
-    S_final = (torch.exp(cB[..., -1:] - cB)[..., None, None] * dS.to(acc)).sum(2)  # (B, H, K, V)
-    if initial_state is not None:
-        S0 = initial_state.to(acc)
-        S_in = S_in + (torch.exp(before)[..., None, None] * S0[:, :, None]).to(S_in.dtype)
-        S_final = S_final + torch.exp(cB[..., -1])[..., None, None] * S0
-    S_in = S_in.to(mm)
-
     use_triton = impl == "triton" or (impl == "auto" and _triton_fits(q, v, C) and
                                       (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
-    flat = lambda x: x.reshape(B * H * NC, *x.shape[3:])  # noqa: E731  (N = B*H*NC chunks)
     if use_triton:
-        from .triton import chunk_o_triton  # imported late: CPU-only users need no Triton
+        from .triton import chunk_o_triton, chunk_states_triton  # late: CPU-only users need no Triton
+    states, out = (chunk_states_triton, chunk_o_triton) if use_triton else (chunk_states_torch, chunk_o_torch)
+    flat = lambda x: x.reshape(B * H * NC, *x.shape[3:])  # noqa: E731  (N = B*H*NC chunks)
 
-        o = chunk_o_triton(flat(q), flat(k), flat(v), flat(b), flat(S_in))
-    else:
-        o = chunk_o_torch(flat(q), flat(k), flat(v), flat(b), flat(S_in))
+    dS = states(flat(k), flat(v), flat(b)).reshape(B, H, NC, K * Vd)  # what each chunk writes
+    cB = bC.cumsum(-1)  # (B, H, NC): log-decay from the start through chunk c
+    before = cB - bC  # through chunk c - 1
+    earlier = _tril(NC, NC, -1, q.device)  # j < c
+    carry = torch.exp((before[..., :, None] - cB[..., None, :]).masked_fill(~earlier, float("-inf")))
+    S_in = carry.to(mm) @ dS  # (B, H, NC, K*V)
+    to_end = torch.exp(cB[..., -1:] - cB)[..., None, :]  # (B, H, 1, NC)
+    S_final = (to_end.to(mm) @ dS).to(acc).reshape(B, H, K, Vd)
+    if initial_state is not None:
+        S0 = initial_state.to(acc)
+        S_in = (S_in + torch.exp(before)[..., None] * S0.reshape(B, H, 1, K * Vd)).to(mm)
+        S_final = S_final + torch.exp(cB[..., -1])[..., None, None] * S0
+    o = out(flat(q), flat(k), flat(v), flat(b), S_in.reshape(B * H * NC, K, Vd))
     return o.reshape(B, H, NC * C, Vd)[:, :, :T].to(mm), S_final

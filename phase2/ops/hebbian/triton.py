@@ -1,4 +1,7 @@
-"""The chunked Hebbian memory's output step as one Triton kernel, with its exact backward.
+"""The chunked Hebbian memory's per-chunk steps as Triton kernels.
+
+chunk_states_triton: dS = sum_s exp(b_C - b_s) k_s^T v_s per chunk in one kernel; its backward is the PyTorch
+expression's (chunk_states_torch), recomputed. chunk_o_triton: the output step, with its exact backward:
 
 Per chunk (one program each), with b the chunk's cumulative log-decay and D[t, s] = exp(b_t - b_s) for s <= t:
     forward   o = (q k^T * D) v + (q * e^b) S_in
@@ -26,6 +29,21 @@ def _decay(b, C: tl.constexpr):
     rc = tl.arange(0, C)
     causal = rc[:, None] >= rc[None, :]
     return tl.where(causal, tl.exp(tl.where(causal, b[:, None] - b[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def _states_kernel(k_ptr, v_ptr, b_ptr, s_ptr, C: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BV: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    rc, rk = tl.arange(0, C), tl.arange(0, K)
+    rv = tl.program_id(1) * BV + tl.arange(0, BV)
+    k = tl.load(k_ptr + n * C * K + rc[:, None] * K + rk[None, :])  # (C, K)
+    v = tl.load(v_ptr + n * C * V + rc[:, None] * V + rv[None, :])  # (C, BV)
+    b = tl.load(b_ptr + n * C + rc)
+    w = tl.exp(tl.load(b_ptr + n * C + C - 1) - b)  # (C,) decay to the chunk's end, <= 1
+    kw = (k.to(tl.float32) * w[:, None]).to(k.dtype)
+    dS = tl.dot(tl.trans(kw), v, input_precision=PREC)  # (K, BV)
+    tl.store(s_ptr + n * K * V + rk[:, None] * V + rv[None, :], dS.to(s_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -98,6 +116,33 @@ def _bwd(q, k, v, b, S, do):
     db = torch.empty_like(b)
     _bwd_kernel[(N,)](q, k, v, b, S, do, dq, dk, dv, db, dS, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
     return dq, dk, dv, db, dS
+
+
+class ChunkStatesFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, b):
+        ctx.save_for_backward(k, v, b)
+        N, C, K = k.shape
+        V = v.shape[-1]
+        dS = k.new_empty(N, K, V)
+        BV = min(V, 64)
+        _states_kernel[(N, V // BV)](k, v, b, dS, C=C, K=K, V=V, BV=BV, PREC=_prec(k), num_warps=4)
+        return dS
+
+    @staticmethod
+    def backward(ctx, dS):
+        from .chunk import chunk_states_torch
+
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
+            return torch.autograd.grad(chunk_states_torch(*leaves), leaves, dS)
+
+
+def chunk_states_triton(k: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """k (N, C, K), v (N, C, V) one dtype; b (N, C) float32 -> dS (N, K, V) in k's dtype."""
+    if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"chunk_states_triton: dtype {k.dtype}; use float32, bfloat16 or float16 (or impl='torch')")
+    return ChunkStatesFunction.apply(k.contiguous(), v.contiguous(), b.float().contiguous())
 
 
 class ChunkOFunction(torch.autograd.Function):
