@@ -37,6 +37,7 @@ OVERDAMPED_RATIO = 10.0  # mean Gamma / mean |V| above this: the potential is da
 # constant 1/(Gamma dt) to fill (while filling from empty its energy must rise). A healthy driven memory
 # fluctuates around its level (about half the steps rise); a memory whose energy keeps growing scores ~0.
 LYAPUNOV_MIN_STABLE = 0.25
+LYAPUNOV_MIN_STEPS = 4  # fewer counted gate intervals than this say nothing either way
 
 
 @dataclass
@@ -182,6 +183,7 @@ class Phase2IntegratedModel(nn.Module):
                 filled = (d["end_position"] >= 1.0 / (d["gamma"].mean() * self.config.hebbian_dt)).float()
                 counted = filled.sum() * de.shape[0] * de.shape[1]
                 later(((de <= 0).float() * filled).sum() / counted, stab, "steady_state_stable_ratio")
+                later(filled.sum(), stab, "steady_state_steps")
             later(d["energy"][..., -1].mean(), stab, "fast_weight_energy")
             out["stability_metrics"].append(stab)
             later(d["overdamping"], out["overdamping_ratio"], i)
@@ -199,7 +201,8 @@ class Phase2IntegratedModel(nn.Module):
             self._warned.add("overdamped")
             warnings.warn(f"Overdamped system detected: Gamma/|V| = {worst:.2f} (> {OVERDAMPED_RATIO}); reduce "
                           f"base_decay (now {self.config.base_decay}), e.g. halve it", stacklevel=6)
-        ratios = [s["steady_state_stable_ratio"] for s in out["stability_metrics"] if "steady_state_stable_ratio" in s]
+        ratios = [s["steady_state_stable_ratio"] for s in out["stability_metrics"]
+                  if s.get("steady_state_steps", 0) >= LYAPUNOV_MIN_STEPS]
         if ratios and min(ratios) < LYAPUNOV_MIN_STABLE and "lyapunov" not in self._warned:
             self._warned.add("lyapunov")
             warnings.warn(f"Lyapunov stability violated: the fast-weight energy rose in {1 - min(ratios):.0%} of "
