@@ -126,9 +126,10 @@ def scan(paths: list[Path], min_size: int) -> ScanReport:
 class ImageCrops(Dataset):
     """Random `patch_size` crops with random horizontal flips (training), or whole images (`patch_size=None`).
 
-    Randomness comes from torch's RNG, which `common.batches.EpochBatches` seeds per sample."""
+    Randomness comes from torch's RNG, which `common.batches.EpochBatches` seeds per sample. With `cache`,
+    each decoded image is kept (per worker process): worth it for a few photos seen many times per epoch."""
 
-    def __init__(self, paths: list[Path], patch_size: int | None, name: str = "images"):
+    def __init__(self, paths: list[Path], patch_size: int | None, name: str = "images", cache: bool = False):
         report = scan(paths, min_size=patch_size or 1)
         if report.skipped:
             warnings.warn(
@@ -140,6 +141,7 @@ class ImageCrops(Dataset):
             raise FileNotFoundError(f"{name}: none of the {len(paths)} files is a usable image")
         self.paths, self.patch_size, self.name = report.usable, patch_size, name
         self._reported: set[Path] = set()
+        self._decoded: dict[Path, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -148,14 +150,21 @@ class ImageCrops(Dataset):
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
-                image, _ = load_rgb(path)
+                image = self._load(path)
             except UnsupportedImageError as err:
                 if path not in self._reported:
                     self._reported.add(path)
                     warnings.warn(f"{self.name}: {err}; using another image instead", stacklevel=2)
                 continue
-            return self._augment(image) if self.patch_size else image
+            return self._augment(image) if self.patch_size else image.clone()  # never hand out the cached one
         raise FileNotFoundError(f"{self.name}: no image could be read any more")
+
+    def _load(self, path: Path) -> torch.Tensor:
+        if self._decoded is None:
+            return load_rgb(path)[0]
+        if path not in self._decoded:
+            self._decoded[path] = load_rgb(path)[0]
+        return self._decoded[path]
 
     def _augment(self, image: torch.Tensor) -> torch.Tensor:
         _, height, width = image.shape
@@ -165,7 +174,7 @@ class ImageCrops(Dataset):
         crop = image[:, top : top + p, left : left + p]
         if torch.rand(()) < 0.5:
             crop = crop.flip(-1)
-        return crop.contiguous()
+        return crop.clone(memory_format=torch.contiguous_format)  # a copy: the image may be a cached one
 
 
 class RepeatedDataset(Dataset):

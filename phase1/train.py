@@ -128,7 +128,7 @@ def _data(cfg: DictConfig, dist: runtime.DistInfo):
     test_paths = image_paths(cfg.data.source, cfg.data.root, "test")
     if cfg.eval.max_images:
         test_paths = test_paths[: cfg.eval.max_images]
-    crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images")
+    crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images", cache=cfg.data.get("cache", False))
     train_set = RepeatedDataset(crops, cfg.data.repeats) if cfg.data.repeats > 1 else crops
     if cfg.get("overfit_batches"):
         train_set = torch.utils.data.Subset(train_set, range(cfg.data.batch_size * cfg.overfit_batches))

@@ -76,6 +76,20 @@ def test_crops_are_deterministic_per_seed():
     assert torch.equal(a, ds[0])
 
 
+def test_cached_decoding_gives_the_same_crops_and_never_hands_out_the_cache():
+    paths = builtin_images("train")[:3]
+    plain, cached = ImageCrops(paths, 64), ImageCrops(paths, 64, cache=True)
+    for i in range(6):  # the second round reads the cache
+        torch.manual_seed(i)
+        a = plain[i % 3]
+        torch.manual_seed(i)
+        b = cached[i % 3]
+        assert torch.equal(a, b)
+    whole = ImageCrops(paths, None, cache=True)
+    whole[0].zero_()  # a caller scribbling on its sample must not change the next read
+    assert whole[0].abs().sum() > 0
+
+
 def test_rate_distortion_loss_terms():
     x = torch.rand(2, 3, 16, 16)
     out = {"x_hat": x + 0.1, "likelihoods": {"y": torch.full((2, 4, 4, 4), 0.5), "z": torch.full((2, 2, 2, 2), 0.25)}}
