@@ -3,17 +3,21 @@ the same steps on the same photos, evaluated on held-out photos with real bitstr
 Adam with a per-image bootstrap interval, the quality overlap of the two curves, the R-D plot, and the
 training-step time of each optimizer (ratios against Adam from the same run).
 
-    python benchmarks/bench_phase1_rd.py --out benchmarks/results/phase1_rd.json [--data-root DIR]
+    python benchmarks/bench_phase1_rd.py --out benchmarks/results/phase1_rd.json [--data-root DIR] [--parallel N]
 
-Every run goes through phase1.train.train(cfg) (logger=none) and phase1.evaluate, as a user's would.
+Every run goes through phase1.train.train(cfg) (logger=none) and phase1.evaluate, as a user's would. The
+step times are measured first, alone on the device; the R-D runs may then go in N parallel processes (small
+models leave a GPU mostly idle between kernel launches; results do not depend on timing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -25,14 +29,23 @@ from phase1.evaluate import operating_point
 from phase1.train import train
 
 
+def data_overrides(args) -> list[str]:
+    # a few photos read every step: decoded once and kept (data.cache), no loader processes
+    if args.data_root:
+        return ["data=folder", f"data.root={args.data_root}", "data.repeats=32", "data.cache=true",
+                "data.num_workers=0"]
+    return ["data=builtin"]
+
+
 def run_point(optim: str, lmbda: float, args, folder: Path, extra: list[str]) -> dict:
-    data = ["data=folder", f"data.root={args.data_root}", "data.repeats=32"] if args.data_root else ["data=builtin"]
+    data = data_overrides(args)
     ckpt_dir = folder / f"{optim}_{lmbda}"
     overrides = [f"model={args.model}", f"optim={optim}", f"lmbda={lmbda}", *data,
                  f"data.patch_size={args.patch}", f"data.batch_size={args.batch}", f"loop.max_steps={args.steps}",
-                 f"loop.eval_every={args.steps}", "loop.ckpt_every=0", "loop.log_every=50", "loop.progress=false",
+                 f"loop.eval_every={args.steps}", "loop.ckpt_every=0", "loop.log_every=50",
+                 f"loop.progress={args.progress}",
                  "eval.real_bitstreams=false", "logger=none", f"checkpoint.dir={ckpt_dir}", f"device={args.device}",
-                 *extra]
+                 f"optim.lr={args.lr}", f"hydra.run.dir={ckpt_dir}", *extra]
     start = time.perf_counter()
     summary = train(compose("phase1", overrides))
     seconds = time.perf_counter() - start
@@ -44,6 +57,13 @@ def run_point(optim: str, lmbda: float, args, folder: Path, extra: list[str]) ->
     return point
 
 
+def run_job(job: tuple) -> dict:
+    optim, lmbda, args, folder = job
+    if args.parallel > 1:
+        torch.set_num_threads(1)  # N processes share the host's cores
+    return run_point(optim, lmbda, args, folder, [])
+
+
 def step_time(optim_overrides: list[str], args) -> float:
     """Median seconds per training step over a short run (after warm-up), same model and batch."""
     times = []
@@ -51,7 +71,7 @@ def step_time(optim_overrides: list[str], args) -> float:
     def on_log(step, point):
         times.append(time.perf_counter())
 
-    data = ["data=folder", f"data.root={args.data_root}", "data.repeats=32"] if args.data_root else ["data=builtin"]
+    data = data_overrides(args)
     cfg = compose("phase1", [f"model={args.model}", *optim_overrides, *data, f"data.patch_size={args.patch}",
                              f"data.batch_size={args.batch}", "loop.max_steps=60", "loop.log_every=1",
                              "loop.eval_every=1000", "loop.progress=false", "logger=none", f"device={args.device}",
@@ -72,25 +92,51 @@ def main() -> None:
     p.add_argument("--data-root", default=None, help="folder with train/ and test/ (default: built-in photos)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4, help="both optimizers (HPCM's is 1e-4)")
+    p.add_argument("--parallel", type=int, default=1, help="R-D runs at once (processes on one device)")
+    p.add_argument("--skip-step-time", action="store_true")
+    p.add_argument("--progress", action="store_true", help="a progress bar per run (on stderr)")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier result file of the same settings: its finished points are kept, not rerun")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
     args = p.parse_args()
 
-    result = {"config": vars(args) | {"out": str(args.out)},
+    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
-    ratios = {"adam": step_time(["optim=adam"], args),
-              "balanced_second_forward": step_time(["optim=balanced"], args),
-              "balanced_next_step": step_time(["optim=balanced", "optim.task_weight_update=next_step"], args)}
-    result["step_seconds"] = ratios
-    result["step_time_ratio_vs_adam"] = {k: v / ratios["adam"] for k, v in ratios.items()}
-    print("step time vs Adam:", result["step_time_ratio_vs_adam"], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.skip_step_time:
+        ratios = {"adam": step_time(["optim=adam"], args),
+                  "balanced_second_forward": step_time(["optim=balanced"], args),
+                  "balanced_next_step": step_time(["optim=balanced", "optim.task_weight_update=next_step"], args)}
+        result["step_seconds"] = ratios
+        result["step_time_ratio_vs_adam"] = {k: v / ratios["adam"] for k, v in ratios.items()}
+        print("step time vs Adam:", result["step_time_ratio_vs_adam"], flush=True)
 
     folder = Path(tempfile.mkdtemp())
-    curves = {}
-    for optim, lambdas in (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)):
-        curves[optim] = [run_point(optim, float(l), args, folder, []) for l in lambdas.split(",")]
-        result[optim] = curves[optim]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
+    jobs = [(optim, float(lmbda), args, folder) for optim, lambdas in
+            (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)) for lmbda in lambdas.split(",")]
+    curves = {"adam": [], "balanced": []}
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())
+        same = ("steps", "batch", "patch", "lr", "model")
+        if any(earlier["config"][k] != getattr(args, k) for k in same):
+            raise SystemExit(f"--reuse {args.reuse}: its {same} differ from this run's")
+        for optim in curves:
+            wanted = {float(x) for x in getattr(args, f"{optim}_lambdas").split(",")}
+            curves[optim] = [p for p in earlier.get(optim, []) if p["lmbda"] in wanted]
+        done = {(p["optim"], p["lmbda"]) for curve in curves.values() for p in curve}
+        jobs = [job for job in jobs if (job[0], job[1]) not in done]
+        result["reused_points"] = sorted(f"{o}@{lmbda}" for o, lmbda in done)
+    # not a multiprocessing.Pool: its daemonic workers may not start the data loader's worker processes
+    with ProcessPoolExecutor(max(1, args.parallel), mp_context=mp.get_context("spawn")) as pool:
+        for done in as_completed([pool.submit(run_job, job) for job in jobs]):
+            point = done.result()
+            curves[point["optim"]].append(point)
+            result.update(curves)
+            args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
+    for curve in curves.values():
+        curve.sort(key=lambda p: p["lmbda"])
+    result.update(curves)
 
     low, high, fraction = rd.quality_overlap(curves["adam"], curves["balanced"])
     result["psnr_overlap_db"] = [low, high]

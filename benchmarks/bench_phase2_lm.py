@@ -1,0 +1,191 @@
+"""Phase 2 `small` beside a decoder-only Transformer with the same parameter count, on real text.
+
+    python benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json [--data PATH]
+
+Two parts, both byte-level (vocabulary 256, so the output layer does not hide the sequence mixers):
+  quality     each model trained through phase2.train.train(cfg) (logger=none), same data, same token
+              budget, same optimizer and schedule, two seeds; validation bits per byte over the whole split.
+              The runs go in parallel processes on one GPU: their results do not depend on timing.
+  throughput  alone on the GPU: training steps (forward, backward, AdamW) at sequence lengths 2048, 8192,
+              16384 with the same tokens per step; tokens/s, time per token, peak memory; the length from
+              which Phase 2's tokens/s exceeds the Transformer's.
+The Transformer's FFN width is chosen so that its parameter count matches Phase 2's (within 1 %).
+`--data` is a text folder (default: the built-in corpus, data=builtin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from phase2.baseline import TransformerLM, TransformerLMConfig
+from phase2.model import create_phase2_model
+
+VOCAB = 256  # byte-level tokenizer
+WIDTH = dict(d_model=256, n_layers=4, n_heads=4)  # Phase 2 'small': 4 heads x 64
+
+
+def phase2_model(n_seq: int):
+    return create_phase2_model(preset="small", vocab_size=VOCAB, n_seq=n_seq)
+
+
+def transformer_model(n_seq: int, ffn_dim: int):
+    return TransformerLM(TransformerLMConfig(vocab_size=VOCAB, ffn_dim=ffn_dim, max_len=n_seq, dropout=0.0, **WIDTH))
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_ffn_dim(n_seq: int) -> tuple[int, int, int]:
+    """FFN width (a multiple of 8) giving the Transformer Phase 2's parameter count at this n_seq."""
+    target = count(phase2_model(n_seq))
+    base = count(transformer_model(n_seq, 8))
+    per_unit = (count(transformer_model(n_seq, 16)) - base) / 8  # parameters per FFN unit over all layers
+    ffn = max(8, int(round((8 + (target - base) / per_unit) / 8)) * 8)
+    return ffn, target, count(transformer_model(n_seq, ffn))
+
+
+# ----------------------------------------------------------------------------------------------- quality
+def quality_run(job: dict) -> dict:
+    from common.config import compose
+    from phase2.train import train
+
+    torch.set_num_threads(2)
+    overrides = [*job["model"], *job["data"], f"seed={job['seed']}", f"seq_len={job['seq_len']}",
+                 f"batch_size={job['batch']}", f"loop.max_steps={job['steps']}", f"loop.eval_every={job['steps']}",
+                 "loop.ckpt_every=0", "loop.log_every=50", "loop.progress=false", "logger=none",
+                 f"precision={job['precision']}", "device=cuda", "diagnostics_every=0", "eval.max_batches=null",
+                 f"optim.lr={job['lr']}", f"optim.warmup_steps={job['warmup']}", "optim.min_lr=1e-5",
+                 f"checkpoint.dir={job['ckpt']}", f"hydra.run.dir={job['ckpt']}"]
+    start = time.perf_counter()
+    summary = train(compose("phase2", overrides))
+    if "final/val/bits_per_byte" not in summary:
+        raise RuntimeError(f"{job['name']}: no final/val/bits_per_byte in the summary {sorted(summary)}")
+    out = {"name": job["name"], "seed": job["seed"], "val_bits_per_byte": summary["final/val/bits_per_byte"],
+           "val_loss": summary["final/val/loss"], "train_seconds": time.perf_counter() - start,
+           "tokens": job["steps"] * job["batch"] * job["seq_len"]}
+    print(f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f} bits/byte "
+          f"({out['train_seconds']:.0f} s)", flush=True)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- throughput
+def time_training(model, T: int, batch: int, steps: int, warmup: int) -> dict:
+    device = torch.device("cuda")
+    model = model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randint(0, VOCAB, (batch, T + 1), generator=g).to(device)
+    torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return {"T": T, "batch": batch, "step_ms": seconds * 1e3, "tokens_per_s": batch * T / seconds,
+            "us_per_token": seconds / (batch * T) * 1e6, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -> dict:
+    builders = {"phase2": phase2_model, "transformer": lambda n_seq: transformer_model(n_seq, ffn)}
+    out = {name: [] for name in builders}
+    for T in lengths:
+        batch = max(1, tokens_per_step // T)
+        for name, build in builders.items():
+            torch.manual_seed(0)
+            row = time_training(build(T), T, batch, steps, warmup=3)
+            out[name].append(row)
+            print(f"{name:>12} T={T:>6} batch {batch}: {row['tokens_per_s']:>10.0f} tokens/s "
+                  f"{row['step_ms']:8.1f} ms/step  peak {row['peak_memory_gib']:.2f} GiB", flush=True)
+            torch.cuda.empty_cache()
+    return out
+
+
+def summarise(result: dict, lengths: list[int]) -> dict:
+    q = result["quality"]
+    mean = {m: sum(r["val_bits_per_byte"] for r in q if r["name"] == m) / sum(r["name"] == m for r in q)
+            for m in ("phase2", "transformer")}
+    p2, tf = result["throughput"]["phase2"], result["throughput"]["transformer"]
+    faster = [a["T"] for a, b in zip(p2, tf) if a["tokens_per_s"] > b["tokens_per_s"]]
+    flat = max(r["us_per_token"] for r in p2) / min(r["us_per_token"] for r in p2)
+    return {"mean_val_bits_per_byte": mean, "bpb_ratio_phase2_vs_transformer": mean["phase2"] / mean["transformer"],
+            "phase2_faster_at": faster, "phase2_time_per_token_max_over_min": flat,
+            "speed_ratio_phase2_over_transformer": {str(a["T"]): a["tokens_per_s"] / b["tokens_per_s"]
+                                                    for a, b in zip(p2, tf)},
+            "goals": {"bpb_within_10pct": mean["phase2"] <= 1.10 * mean["transformer"],
+                      "faster_from_8192": all(T in faster for T in lengths if T >= 8192),
+                      "time_per_token_flat_15pct": flat <= 1.15}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="text folder (default: the built-in corpus)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--lengths", default="2048,8192,16384")
+    p.add_argument("--tokens-per-step", type=int, default=16384)
+    p.add_argument("--timed-steps", type=int, default=8)
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--throughput-from", type=Path, default=None,
+                   help="reuse the throughput part of an earlier result file instead of measuring it")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_lm.json"))
+    args = p.parse_args()
+    lengths = [int(t) for t in args.lengths.split(",")]
+
+    ffn, p2_params, tf_params = matched_ffn_dim(args.seq_len)
+    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "parameters": {"phase2": p2_params, "transformer": tf_params},
+              "transformer_ffn_dim": ffn}
+    print(f"parameters: Phase 2 small {p2_params:,}, Transformer {tf_params:,} (FFN {ffn})", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    if args.throughput_from:
+        result["throughput"] = json.loads(args.throughput_from.read_text())["throughput"]
+    else:
+        result["throughput"] = throughput(lengths, args.tokens_per_step, ffn, args.timed_steps)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
+
+    if not args.skip_quality:
+        data = ["data=file", f"data.path={args.data}"] if args.data else ["data=builtin"]
+        models = {"phase2": ["model=small"], "transformer": ["model=transformer", f"model.ffn_dim={ffn}",
+                                                             f"model.max_len={args.seq_len}"]}
+        root = Path(tempfile.mkdtemp())
+        jobs = [dict(name=name, model=m, data=data, seed=int(s), seq_len=args.seq_len, batch=args.batch,
+                     steps=args.steps, lr=args.lr, warmup=args.warmup, precision=args.precision,
+                     ckpt=str(root / f"{name}_{s}"))
+                for s in args.seeds.split(",") for name, m in models.items()]
+        with mp.get_context("spawn").Pool(len(jobs)) as pool:
+            result["quality"] = pool.map(quality_run, jobs)
+        result["summary"] = summarise(result, lengths)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result.get("summary", {}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
