@@ -1,7 +1,8 @@
 """The Phase 1 experiment at small scale: HPCM trained with Adam and with Balanced R-D at several lambdas for
 the same steps on the same photos, evaluated on held-out photos with real bitstreams; BD-rate of Balanced vs
 Adam with a per-image bootstrap interval, the quality overlap of the two curves, the R-D plot, and the
-training-step time of each optimizer (ratios against Adam from the same run).
+training-step time of each optimizer (ratios against Adam from the same run). With --warm-start N both
+optimizers continue, per lambda, from the same codec trained N steps with Adam.
 
     python benchmarks/bench_phase1_rd.py --out benchmarks/results/phase1_rd.json [--data-root DIR] [--parallel N]
 
@@ -37,18 +38,24 @@ def data_overrides(args) -> list[str]:
     return ["data=builtin"]
 
 
-def run_point(optim: str, lmbda: float, args, folder: Path, extra: list[str]) -> dict:
-    data = data_overrides(args)
-    ckpt_dir = folder / f"{optim}_{lmbda}"
-    overrides = [f"model={args.model}", f"optim={optim}", f"lmbda={lmbda}", *data,
-                 f"data.patch_size={args.patch}", f"data.batch_size={args.batch}", f"loop.max_steps={args.steps}",
-                 f"loop.eval_every={args.steps}", "loop.ckpt_every=0", "loop.log_every=50",
+def train_run(optim: str, lmbda: float, args, ckpt_dir: Path, steps: int, init_from: Path | None = None):
+    overrides = [f"model={args.model}", f"optim={optim}", f"lmbda={lmbda}", *data_overrides(args),
+                 f"data.patch_size={args.patch}", f"data.batch_size={args.batch}", f"loop.max_steps={steps}",
+                 f"loop.eval_every={steps}", "loop.ckpt_every=0", "loop.log_every=50",
                  f"loop.progress={args.progress}",
                  "eval.real_bitstreams=false", "logger=none", f"checkpoint.dir={ckpt_dir}", f"device={args.device}",
-                 f"optim.lr={args.lr}", f"hydra.run.dir={ckpt_dir}", *extra]
+                 f"optim.lr={args.lr}", f"hydra.run.dir={ckpt_dir}"]
+    if init_from:
+        overrides.append(f"init_from={init_from}")
     start = time.perf_counter()
     summary = train(compose("phase1", overrides))
-    seconds = time.perf_counter() - start
+    return summary, time.perf_counter() - start
+
+
+def run_point(optim: str, lmbda: float, args, folder: Path) -> dict:
+    ckpt_dir = folder / f"{optim}_{lmbda}"
+    warm = folder / f"warm_{lmbda}" / "last.pt" if args.warm_start else None
+    summary, seconds = train_run(optim, lmbda, args, ckpt_dir, args.steps, init_from=warm)
     test = image_paths("folder", args.data_root, "test") if args.data_root else image_paths("builtin", None, "test")
     point = operating_point(ckpt_dir / "last.pt", test, torch.device(args.device))
     point.update(optim=optim, lmbda=lmbda, train_seconds=seconds, skipped_steps=summary["skipped_steps"])
@@ -57,11 +64,14 @@ def run_point(optim: str, lmbda: float, args, folder: Path, extra: list[str]) ->
     return point
 
 
-def run_job(job: tuple) -> dict:
-    optim, lmbda, args, folder = job
+def run_job(job: tuple):
+    kind, optim, lmbda, args, folder = job
     if args.parallel > 1:
         torch.set_num_threads(1)  # N processes share the host's cores
-    return run_point(optim, lmbda, args, folder, [])
+    if kind == "warm":  # the shared start of both optimizers at this lambda: Adam for --warm-start steps
+        train_run("adam", lmbda, args, folder / f"warm_{lmbda}", args.warm_start)
+        return lmbda
+    return run_point(optim, lmbda, args, folder)
 
 
 def step_time(optim_overrides: list[str], args) -> float:
@@ -98,6 +108,8 @@ def main() -> None:
     p.add_argument("--progress", action="store_true", help="a progress bar per run (on stderr)")
     p.add_argument("--reuse", type=Path, default=None,
                    help="an earlier result file of the same settings: its finished points are kept, not rerun")
+    p.add_argument("--warm-start", type=int, default=0,
+                   help="first train Adam this many steps per lambda; both optimizers then start from it")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
     args = p.parse_args()
 
@@ -113,22 +125,25 @@ def main() -> None:
         print("step time vs Adam:", result["step_time_ratio_vs_adam"], flush=True)
 
     folder = Path(tempfile.mkdtemp())
-    jobs = [(optim, float(lmbda), args, folder) for optim, lambdas in
+    jobs = [("point", optim, float(lmbda), args, folder) for optim, lambdas in
             (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)) for lmbda in lambdas.split(",")]
     curves = {"adam": [], "balanced": []}
     if args.reuse:
         earlier = json.loads(args.reuse.read_text())
-        same = ("steps", "batch", "patch", "lr", "model")
-        if any(earlier["config"][k] != getattr(args, k) for k in same):
+        same = ("steps", "batch", "patch", "lr", "model", "warm_start")
+        if any(earlier["config"].get(k, 0) != getattr(args, k) for k in same):
             raise SystemExit(f"--reuse {args.reuse}: its {same} differ from this run's")
         for optim in curves:
             wanted = {float(x) for x in getattr(args, f"{optim}_lambdas").split(",")}
             curves[optim] = [p for p in earlier.get(optim, []) if p["lmbda"] in wanted]
         done = {(p["optim"], p["lmbda"]) for curve in curves.values() for p in curve}
-        jobs = [job for job in jobs if (job[0], job[1]) not in done]
+        jobs = [job for job in jobs if (job[1], job[2]) not in done]
         result["reused_points"] = sorted(f"{o}@{lmbda}" for o, lmbda in done)
     # not a multiprocessing.Pool: its daemonic workers may not start the data loader's worker processes
     with ProcessPoolExecutor(max(1, args.parallel), mp_context=mp.get_context("spawn")) as pool:
+        if args.warm_start:
+            lambdas = sorted({job[2] for job in jobs})
+            list(pool.map(run_job, [("warm", "adam", lmbda, args, folder) for lmbda in lambdas]))
         for done in as_completed([pool.submit(run_job, job) for job in jobs]):
             point = done.result()
             curves[point["optim"]].append(point)
@@ -152,7 +167,8 @@ def main() -> None:
         result["bd_rate_error"] = str(err)
     plot = args.out.with_suffix(".png")
     rd.plot_rd({"Adam": curves["adam"], "Balanced": curves["balanced"]}, plot,
-               title=f"HPCM-{args.model}, {args.steps} steps, held-out photos, real bitstreams")
+               title=f"HPCM-{args.model}, " + (f"{args.warm_start} Adam steps, then " if args.warm_start else "")
+               + f"{args.steps} steps, held-out photos, real bitstreams")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("adam", "balanced")}, indent=1))
 
