@@ -167,8 +167,8 @@ def main() -> None:
         result["bd_rate_error"] = str(err)
     plot = args.out.with_suffix(".png")
     rd.plot_rd({"Adam": curves["adam"], "Balanced": curves["balanced"]}, plot,
-               title=f"HPCM-{args.model}, " + (f"{args.warm_start} Adam steps, then " if args.warm_start else "")
-               + f"{args.steps} steps, held-out photos, real bitstreams")
+               title=f"HPCM-{args.model}, " + (f"{args.warm_start} Adam + " if args.warm_start else "")
+               + f"{args.steps} steps, held-out photos")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("adam", "balanced")}, indent=1))
 
