@@ -113,6 +113,8 @@ def _check_type(key: str, default: Any, value: Any) -> None:
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
 
+    if value is None:
+        return  # null: the documented "off / whole / default" of optional settings (eval.max_batches=null)
     if isinstance(default, bool) and not isinstance(value, bool):
         raise UserError(f"{key}={value!r} must be true or false")
     if number(default) and not number(value):

@@ -66,3 +66,11 @@ def test_unknown_override_is_rejected():
 def test_debug_fast_dev_run_turns_tracking_off():
     cfg = compose("base", ["+debug=fast_dev_run"])
     assert cfg.logger.backend == "none" and cfg.loop.max_steps == 2
+
+
+def test_null_is_accepted_for_optional_settings_but_a_word_is_not_a_number():
+    from common.config import UserError, check_overrides
+
+    assert check_overrides("phase2", ["eval.max_batches=null"]).eval.max_batches is None
+    with pytest.raises(UserError, match="must be a number"):
+        check_overrides("phase2", ["eval.max_batches=many"])
