@@ -22,7 +22,8 @@ HOST       ?= 127.0.0.1
 PORT       ?= 5000
 
 .PHONY: help install test test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
-        sweep-balanced report data-kodak browser bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking
+        sweep-balanced report data-kodak browser bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking \
+        bench-phase1-rd bench-phase2-lm
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -95,6 +96,12 @@ bench-hpcm: $(STAMP) ## HPCM encode/decode time (GPU)
 
 bench-hebbian: $(STAMP) ## Hebbian memory layer vs chunked GLA and SDPA (GPU)
 	$(PY) benchmarks/bench_hebbian.py --out benchmarks/results/hebbian.json
+
+bench-phase1-rd: $(STAMP) ## Phase 1 experiment: Adam vs Balanced R-D curves, BD-rate (GPU, ~10 min on one H100)
+	$(PY) benchmarks/bench_phase1_rd.py --parallel 10 --out benchmarks/results/phase1_rd_warm.json
+
+bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte, tokens/s, memory (GPU)
+	$(PY) benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json
 
 # `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
 DEMO_P1 := model=tiny data.patch_size=128 data.batch_size=4 loop.max_steps=60 loop.eval_every=60 \

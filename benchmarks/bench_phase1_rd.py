@@ -98,17 +98,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--adam-lambdas", default="0.0018,0.0035,0.0067,0.013,0.025")
-    p.add_argument("--balanced-lambdas", default="0.0035,0.013,0.0483,0.18,0.5")
+    p.add_argument("--balanced-lambdas", default="0.0018,0.0035,0.0067,0.013,0.025")
     p.add_argument("--data-root", default=None, help="folder with train/ and test/ (default: built-in photos)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-4, help="both optimizers (HPCM's is 1e-4)")
+    p.add_argument("--lr", type=float, default=5e-4, help="both optimizers (HPCM's is 1e-4 for its long runs)")
     p.add_argument("--parallel", type=int, default=1, help="R-D runs at once (processes on one device)")
     p.add_argument("--skip-step-time", action="store_true")
     p.add_argument("--progress", action="store_true", help="a progress bar per run (on stderr)")
     p.add_argument("--reuse", type=Path, default=None,
                    help="an earlier result file of the same settings: its finished points are kept, not rerun")
-    p.add_argument("--warm-start", type=int, default=0,
+    p.add_argument("--warm-start", type=int, default=500,
                    help="first train Adam this many steps per lambda; both optimizers then start from it")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
     args = p.parse_args()
