@@ -124,6 +124,21 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def globalize(values: torch.Tensor) -> torch.Tensor:
+    """The mean over all ranks as the value, the local tensor's gradient as the gradient.
+
+    For losses under DistributedDataParallel: every rank then logs, checks for non-finite values and weights
+    (Balanced's FAMO) the same global numbers, while backward stays local and DDP averages the gradients,
+    which is the gradient of the global mean. A no-op in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total)
+    return values + (total / dist.get_world_size() - values).detach()
+
+
 def shutdown_distributed() -> None:
     import torch.distributed as dist
 

@@ -19,7 +19,7 @@ from common import config as configs
 from common import runtime
 from common.batches import EpochBatches
 from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
-from common.loop import Loop, StepHooks, loop_config
+from common.loop import Loop, StepHooks, loop_config, unwrap
 from common.optim import Balanced, capture_rng_state
 from common.schedulers import build_scheduler
 from common.tracking import create_logger
@@ -65,6 +65,9 @@ class CodecHooks(StepHooks):
         x = batch.to(self.device, non_blocking=True)
         self._rng_before_forward = capture_rng_state() if self.balanced else None
         terms = self._forward(x)
+        # one all-reduce under DDP: every rank sees (and FAMO weights) the global means; gradients stay local
+        names = ("loss", "distortion", "bpp_loss", "mse_loss")
+        terms.update(zip(names, runtime.globalize(torch.stack([terms[k] for k in names])).unbind()))
         terms["psnr"] = psnr(terms["mse_loss"].detach())
         terms["task_losses"] = torch.stack([terms["distortion"], terms["bpp_loss"]])
         return terms
@@ -90,7 +93,7 @@ class CodecHooks(StepHooks):
 
             def task_losses() -> torch.Tensor:
                 terms = self._forward(x)
-                return torch.stack([terms["distortion"], terms["bpp_loss"]])
+                return runtime.globalize(torch.stack([terms["distortion"], terms["bpp_loss"]]))
 
             self.optimizer.update_task_weights_replayed(task_losses, self._rng_before_forward)
         w = self.optimizer.task_weights.tolist()
@@ -101,9 +104,10 @@ class CodecHooks(StepHooks):
 
     def evaluate(self) -> dict[str, float]:
         """test/* on the held-out images: the loss terms from the likelihoods, and real bytes."""
+        model = unwrap(self.model)  # every rank evaluates the same weights on the same images
         if self.real_bitstreams:
-            self.model.update(force=True)
-        mean = evaluate_images(self.model, self.test_paths, self.device, real=self.real_bitstreams,
+            model.update(force=True)
+        mean = evaluate_images(model, self.test_paths, self.device, real=self.real_bitstreams,
                                criterion=self.criterion)["mean"]
         # loss terms come from the likelihoods (the seed's test/bpp_loss); bpp_real and psnr from real bytes
         metrics = {
@@ -151,6 +155,9 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
         from phase1.codec import load_weights_into
 
         load_weights_into(model, cfg.init_from)
+    if dist.enabled:  # the global batch is world_size x data.batch_size
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank]
+                                                          if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps,
                                 warmup_steps=cfg.schedule.warmup_steps)

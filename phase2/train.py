@@ -76,7 +76,8 @@ class LanguageModelHooks(StepHooks):
                 logits, diagnostics = self.model(x, return_diagnostics=True)
             else:
                 logits, diagnostics = self.model(x), None
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        # under DDP every rank logs the global mean; the gradient stays local and DDP averages it
+        loss = runtime.globalize(F.cross_entropy(logits.float().flatten(0, 1), y.flatten()))
         out: dict[str, Any] = {"loss": loss}
         if diagnostics is not None:
             out.update({f"diag/{k}": v for k, v in diagnostics_scalars(diagnostics).items()})

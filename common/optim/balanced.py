@@ -29,9 +29,10 @@ the step. Two ways, chosen by `task_weight_update`:
   updates the weights from (losses recorded last step -> losses now), then builds the weighted loss.
   Cheaper, but the progress signal then also holds the batch-to-batch difference of the losses.
 
-The task weights follow the losses this process sees. Under DistributedDataParallel, give every process
-the same losses for the update (average a detached copy with torch.distributed.all_reduce and pass it to
-step(task_losses=...) and update_task_weights()); the "next_step" variant reads the local losses.
+The task weights follow the losses this process sees. Under DistributedDataParallel give every process the
+same, global losses: common.runtime.globalize(stack([D, R])) has the all-reduced mean as its value and the
+local gradient (phase1.train does this for the weighted loss and for the second forward), so FAMO weights and
+updates identically on every rank in both variants while DDP averages the gradients.
 
 The seed's call form still works: backward_with_task_balancing(task_losses, params), step(task_losses=...),
 update_task_weights(new_task_losses).
