@@ -22,7 +22,7 @@ HOST       ?= 127.0.0.1
 PORT       ?= 5000
 
 .PHONY: help install test test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
-        sweep-balanced report data-kodak browser bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking \
+        sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking \
         bench-phase1-rd bench-phase2-lm
 
 help: ## List every target with one line each
@@ -45,7 +45,14 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium is not installed; the MLflow UI browser test will be skipped"
 
-test: $(STAMP) browser ## Run the CPU test suite (installs first if needed)
+# The PostgreSQL tests start a real server from Debian's package; installed here when missing (as root).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "note: PostgreSQL is not installed; its tests will fail under CI"
+
+test: $(STAMP) browser postgres ## Run the CPU test suite (installs first if needed)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -q
 
 test-fast: $(STAMP) ## Run the CPU tests not marked slow
@@ -81,6 +88,16 @@ mlflow-ui: $(STAMP) ## Serve the MLflow store (HOST=127.0.0.1 PORT=5000)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  --default-artifact-root "$(CURDIR)/mlartifacts" --host $(HOST) --port $(PORT)
+
+# A tracking server for a team: PostgreSQL backend store, artifacts served from a local folder. BACKEND= a
+# postgresql:// URL of an existing database; unset, a local cluster in .pgdata/ is started on PG_PORT.
+BACKEND ?=
+PG_PORT ?= 5433
+mlflow-server: $(STAMP) ## MLflow server on PostgreSQL (BACKEND=postgresql://..., HOST=, PORT=; artifacts in mlartifacts/)
+	@backend="$(BACKEND)"; [ -n "$$backend" ] || backend=$$($(PY) -m sweeps.postgres start --dir .pgdata \
+	  --port $(PG_PORT) --database mlflow) || exit 1; echo "backend store: $$backend"; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --backend-store-uri "$$backend" \
+	  --artifacts-destination "$(CURDIR)/mlartifacts" --serve-artifacts --host $(HOST) --port $(PORT)
 
 bench-tracking: $(STAMP) ## Cost of MLflow logging relative to a training step (CPU)
 	$(PY) benchmarks/bench_tracking.py --out benchmarks/results/tracking.json

@@ -56,7 +56,7 @@ def open_storage(url: str):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                      heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
 
 
 def is_local(url: str) -> bool:
