@@ -74,3 +74,21 @@ def test_null_is_accepted_for_optional_settings_but_a_word_is_not_a_number():
     assert check_overrides("phase2", ["eval.max_batches=null"]).eval.max_batches is None
     with pytest.raises(UserError, match="must be a number"):
         check_overrides("phase2", ["eval.max_batches=many"])
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+def test_slurm_launcher_config_composes(phase):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from common.config import config_location
+
+    folder, name = config_location(phase)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+        cfg = hydra_compose(config_name=name, overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
