@@ -88,3 +88,30 @@ def test_corrupt_bitstream_writes_nothing(tmp_path):
     _assert_one_line(*_run(["-m", "phase1.codec", "decode", str(stream), str(missing), "--checkpoint", str(ckpt)]),
                      "photo.hpcm")
     assert not missing.exists()
+
+
+# ------------------------------------------------------------------------------------------------ Phase 2
+LM = ["-m", "phase2.train", "logger=none", "model=debug", "loop.max_steps=1", "batch_size=2", "seq_len=16"]
+
+
+@pytest.mark.parametrize("case, args, needles", [
+    ("missing text", ["data=file", "data.path={tmp}/nowhere.txt"], ["nowhere.txt", "does not exist"]),
+    ("empty folder", ["data=file", "data.path={tmp}/empty"], ["holds no"]),
+    ("empty text", ["data=file", "data.path={tmp}/blank.txt"], ["is empty"]),
+    ("unknown preset", ["model.preset=huge"], ["huge"]),
+    ("unknown group option", ["model=huge"], ["model", "available"]),
+    ("invalid override", ["optim.no_such_key=1"], ["no_such_key"]),
+    ("wrong type", ["batch_size=many"], ["batch_size", "must be a number"]),
+    ("truncated checkpoint", ["resume={tmp}/cut.pt"], ["cut.pt", "truncated"]),
+    ("other phase", ["resume={tmp}/codec.pt"], ["phase1 checkpoint", "phase2 checkpoint is needed"]),
+])
+def test_phase2_bad_input(tmp_path, case, args, needles):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank.txt").write_text("  \n")
+    cut = save_checkpoint(tmp_path / "cut.pt", {"kind": "phase2", "model_state_dict": {"w": torch.zeros(1000)}})
+    cut.write_bytes(cut.read_bytes()[:300])
+    codec = save_checkpoint(tmp_path / "codec.pt", {"kind": "phase1", "model_state_dict": {}})
+    before = {p: p.read_bytes() for p in (cut, codec)}
+    argv = [a.format(tmp=tmp_path) for a in args]
+    _assert_one_line(*_run([*LM, *argv]), *needles)
+    assert {p: p.read_bytes() for p in before} == before  # nothing written before is touched
