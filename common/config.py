@@ -162,3 +162,14 @@ def _exit_with(err: BaseException) -> None:
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_guarded(body: Callable[[], Any]) -> int:
+    """For argparse CLIs (evaluate, generate, ...): run `body`; bad input -> `error: <one line>`, status 2."""
+    try:
+        body()
+    except _user_error_types() as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0

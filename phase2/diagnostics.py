@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import CheckpointError  # noqa: E402
+from common.config import run_guarded  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from phase2.evaluate import text_documents  # noqa: E402
 from phase2.inference import LanguageModel, load_language_model  # noqa: E402
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="diagnostics", help="folder for the PNGs and comprehensive_report.json")
     a = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         diag = run_diagnostics(lm, text_documents(a.text, a.split), a.tokens)
         tokens = int(diag["gamma_values"][0].shape[1])
@@ -128,10 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         report = out / "comprehensive_report.json"
         report.write_text(json.dumps(build_report(lm, diag, tokens), indent=2) + "\n")
         print(f"wrote {report} and {', '.join(p.name for p in paths)} in {out} ({tokens} tokens)")
-        return 0
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+
+    return run_guarded(run)
 
 
 if __name__ == "__main__":

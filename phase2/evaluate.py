@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from common.checkpoint import CheckpointError
+from common.config import run_guarded
 from common.runtime import pick_device
 from phase2.data import TokenWindows, load_splits, read_text_source
 from phase2.inference import LanguageModel, load_language_model
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         result = evaluate_text(lm, text_documents(a.text, a.split), a.seq_len, a.batch_size)
         result.update(checkpoint=str(a.checkpoint), text=a.text, split=a.split, step=lm.step)
@@ -74,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+
+    return run_guarded(run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.checkpoint import CheckpointError
+from common.config import run_guarded
 from common.runtime import pick_device
 from phase2.inference import LanguageModel, load_language_model
 
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         s = Sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.greedy, a.seed).validate()
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         if len(a.prompt) == 1:  # one prompt: its continuation streams to stdout as it is produced
@@ -142,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 texts[i] += piece
             for i, (prompt, text) in enumerate(zip(a.prompt, texts)):
                 print(f"[{i}] {prompt}{text}")
-        return 0
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+
+    return run_guarded(run)
 
 
 if __name__ == "__main__":
