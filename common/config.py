@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +55,9 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    """This run's output folder: Hydra's under `@hydra.main`, else outputs/<task>/<timestamp> (sweeps, tests)."""
+    """This run's output folder: Hydra's under `@hydra.main`, else outputs/<task>/<timestamp> (sweeps, tests).
+    Under torchrun every rank gets rank 0's folder: one folder per run, not per rank."""
+    import torch.distributed as dist
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -61,6 +65,10 @@ def run_dir(cfg: DictConfig) -> Path:
     else:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
         folder = Path(cfg.paths.output_root) / cfg.task_name / stamp
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [str(folder)]
+        dist.broadcast_object_list(shared, src=0)
+        folder = Path(shared[0])
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -145,6 +153,10 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
         hydra_entry = hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)
 
         def entry() -> None:
+            if int(os.environ.get("RANK", "0")) > 0:  # a torchrun worker: rank 0's folder is the run's (run_dir)
+                sys.argv.append("hydra.output_subdir=null")
+                if not any(a.startswith("hydra.run.dir=") for a in sys.argv):
+                    sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='hydra-rank')}")
             overrides = sys.argv[1:]
             if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--multirun, --cfg) pass as is
                 try:

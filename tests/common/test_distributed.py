@@ -98,10 +98,12 @@ def test_torchrun_end_to_end_and_resume(text, tmp_path):
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
             "phase2.train", "model=debug", "data=file", f"data.path={text}", "seq_len=32", "batch_size=4",
             "loop.eval_every=0", "loop.progress=false", "logger=none", "device=cpu", f"checkpoint.dir={ckpt}",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+            f"paths.output_root={tmp_path / 'outputs'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*base, "loop.max_steps=3"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "phase2").iterdir())
+    assert len(runs) == 1 and (runs[0] / "training_history.json").exists()  # one folder per run, not per rank
     done = subprocess.run([*base, "loop.max_steps=6", f"resume={ckpt / 'last.pt'}"], capture_output=True, text=True,
                           timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
