@@ -131,6 +131,8 @@ def read_checkpoint(path: str | Path, model_name: str | None = None):
         detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise CodecError(f"checkpoint {path} cannot be read as a torch checkpoint ({detail})") from None
     meta = {"source": "official"}
+    if isinstance(obj, dict) and obj.get("kind") not in (None, "phase1"):  # e.g. a Phase 2 language model
+        raise CodecError(f"checkpoint {path} is a {obj['kind']} checkpoint, but a phase1 checkpoint is needed")
     if isinstance(obj, dict) and "model_state_dict" in obj:
         cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
         meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": (cfg.get("optim") or {}).get("name")}

@@ -1,10 +1,19 @@
-"""The bad-input catalogue: each mistake ends with one line `error: ...` naming the problem, a non-zero exit,
-no traceback, and nothing previously written is damaged. Runs the real command lines in subprocesses."""
+"""The bad-input catalogue, for both phases and every command line: each mistake ends with one line
+`error: ...` naming the problem, a non-zero exit, no traceback, and every file written before (checkpoints, the
+MLflow store, an earlier output) is byte-identical afterwards.
+
+Each case is the real command line (`python -m <module> <args>`) in a process of its own. Starting Python and
+importing torch, CompressAI and Hydra costs ~4 s a process, so a launcher imports them once and forks one child
+per case, which runs the module as `__main__` with the case's argv, working directory and environment.
+`test_launcher_matches_a_fresh_interpreter` checks that a fresh interpreter answers the same."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,104 +23,177 @@ from PIL import Image
 from common.checkpoint import save_checkpoint
 from common.tracking import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-TRAIN = ["-m", "phase1.train", "logger=none", "model=tiny", "loop.max_steps=1", "data.batch_size=1",
-         "data.patch_size=64"]
+pytestmark = pytest.mark.xdist_group("bad_input")  # one worker, so one launcher pays the imports
+
+LAUNCHER = r"""
+import json, os, runpy, sys, traceback, warnings
+import phase1.train, phase2.train, phase2.evaluate, phase2.generate, sweeps.run  # the imports every case repeats
+print("ready", flush=True)
+for line in sys.stdin:
+    case = json.loads(line)
+    log = os.open(case["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.chdir(case["cwd"])
+        os.environ.update(case["env"])
+        sys.argv = [case["module"], *case["args"]]
+        # runpy says so when the module was imported above; a fresh interpreter would not print it
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+        code = 0
+        try:
+            runpy.run_module(case["module"], run_name="__main__", alter_sys=True)
+        except SystemExit as stop:  # what the interpreter does with sys.exit(...)
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(log)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
 
 
-def _run(args, cwd=REPO_ROOT):
-    out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error:")]
-    return out.returncode, lines, out.stderr
+class Launcher:
+    def __init__(self, folder: Path):
+        self.folder, self.count = folder, 0
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def __call__(self, module: str, args: list[str], env: dict | None = None) -> tuple[int, str]:
+        self.count += 1
+        log = self.folder / f"case{self.count}.log"
+        request = {"module": module, "args": args, "cwd": str(REPO_ROOT), "env": env or {}, "log": str(log)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline()), log.read_text()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
-def _assert_one_line(rc, lines, stderr, *needles):
-    assert rc != 0
-    assert "Traceback" not in stderr, stderr[-2000:]
-    assert len(lines) == 1, stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory):
+    run = Launcher(tmp_path_factory.mktemp("logs"))
+    yield run
+    run.close()
 
 
-def test_missing_data_folder(tmp_path):
-    _assert_one_line(*_run([*TRAIN, "data=folder", f"data.root={tmp_path / 'nope'}"]), "does not exist")
-
-
-def test_empty_data_folder(tmp_path):
-    _assert_one_line(*_run([*TRAIN, "data=folder", f"data.root={tmp_path}"]), "holds no images")
-
-
-def test_corrupt_images_only(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n garbage")
-    _assert_one_line(*_run([*TRAIN, "data=folder", f"data.root={tmp_path}"]), "none of the 1 files")
-
-
-def test_unknown_model_option():
-    _assert_one_line(*_run([*TRAIN, "model=hpcm_huge"]), "model/hpcm_huge", "hpcm_base")
-
-
-def test_invalid_override():
-    _assert_one_line(*_run([*TRAIN, "lamda=0.01"]), "Could not override 'lamda'")
-
-
-def test_wrong_type_value():
-    _assert_one_line(*_run([*TRAIN, "optim.lr=fast"]), "optim.lr='fast' must be a number")
-
-
-def test_truncated_checkpoint_is_named_and_left_alone(tmp_path):
-    path = save_checkpoint(tmp_path / "last.pt", {"kind": "phase1", "model_state_dict": {"w": torch.zeros(1000)}})
-    path.write_bytes(path.read_bytes()[:300])
-    before = path.read_bytes()
-    _assert_one_line(*_run([*TRAIN, f"resume={path}"]), "last.pt", "truncated")
-    assert path.read_bytes() == before
-
-
-def test_checkpoint_of_the_other_phase(tmp_path):
-    path = save_checkpoint(tmp_path / "lm.pt", {"kind": "phase2", "model_state_dict": {}})
-    _assert_one_line(*_run([*TRAIN, f"resume={path}"]), "phase2 checkpoint", "phase1 checkpoint is needed")
-
-
-def test_corrupt_bitstream_writes_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, _migrated_store_template) -> Path:
+    """Everything the cases read: good and broken data, checkpoints of both phases, streams, an MLflow store."""
     from phase1.hpcm import build_hpcm
 
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", {"kind": "phase1", "model_state_dict": build_hpcm("tiny").state_dict(),
-                                                  "config": {"model": {"name": "tiny"}}})
-    stream = tmp_path / "photo.hpcm"
-    stream.write_bytes(b"definitely not an HPCM stream" * 10)
-    existing = tmp_path / "out.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(existing)
-    before = existing.read_bytes()
-    _assert_one_line(*_run(["-m", "phase1.codec", "decode", str(stream), str(existing), "--checkpoint", str(ckpt)]),
-                     "photo.hpcm")
-    assert existing.read_bytes() == before
-    missing = tmp_path / "new.png"
-    _assert_one_line(*_run(["-m", "phase1.codec", "decode", str(stream), str(missing), "--checkpoint", str(ckpt)]),
-                     "photo.hpcm")
-    assert not missing.exists()
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "empty").mkdir()
+    (d / "corrupt").mkdir()
+    (d / "corrupt" / "a.png").write_bytes(b"\x89PNG\r\n garbage")
+    (d / "bad.png").write_bytes(b"\x89PNG\r\n garbage")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "earlier.png")  # an output written before
+    (d / "blank.txt").write_text("  \n")
+    (d / "text.txt").write_text("some text to read " * 50)
+    (d / "photo.hpcm").write_bytes(b"definitely not an HPCM stream" * 10)
+    save_checkpoint(d / "codec.pt", {"kind": "phase1", "model_state_dict": build_hpcm("tiny").state_dict(),
+                                     "config": {"model": {"name": "tiny"}}})
+    save_checkpoint(d / "lm.pt", {"kind": "phase2", "model_state_dict": {}})
+    for name, kind in (("cut1.pt", "phase1"), ("cut2.pt", "phase2")):
+        path = save_checkpoint(d / name, {"kind": kind, "model_state_dict": {"w": torch.zeros(1000)}})
+        path.write_bytes(path.read_bytes()[:300])
+    shutil.copyfile(_migrated_store_template, d / "mlflow.db")
+    return d
 
 
-# ------------------------------------------------------------------------------------------------ Phase 2
-LM = ["-m", "phase2.train", "logger=none", "model=debug", "loop.max_steps=1", "batch_size=2", "seq_len=16"]
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("case, args, needles", [
-    ("missing text", ["data=file", "data.path={tmp}/nowhere.txt"], ["nowhere.txt", "does not exist"]),
-    ("empty folder", ["data=file", "data.path={tmp}/empty"], ["holds no"]),
-    ("empty text", ["data=file", "data.path={tmp}/blank.txt"], ["is empty"]),
-    ("unknown preset", ["model.preset=huge"], ["huge"]),
-    ("unknown group option", ["model=huge"], ["model", "available"]),
-    ("invalid override", ["optim.no_such_key=1"], ["no_such_key"]),
-    ("wrong type", ["batch_size=many"], ["batch_size", "must be a number"]),
-    ("truncated checkpoint", ["resume={tmp}/cut.pt"], ["cut.pt", "truncated"]),
-    ("other phase", ["resume={tmp}/codec.pt"], ["phase1 checkpoint", "phase2 checkpoint is needed"]),
-])
-def test_phase2_bad_input(tmp_path, case, args, needles):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "blank.txt").write_text("  \n")
-    cut = save_checkpoint(tmp_path / "cut.pt", {"kind": "phase2", "model_state_dict": {"w": torch.zeros(1000)}})
-    cut.write_bytes(cut.read_bytes()[:300])
-    codec = save_checkpoint(tmp_path / "codec.pt", {"kind": "phase1", "model_state_dict": {}})
-    before = {p: p.read_bytes() for p in (cut, codec)}
-    argv = [a.format(tmp=tmp_path) for a in args]
-    _assert_one_line(*_run([*LM, *argv]), *needles)
-    assert {p: p.read_bytes() for p in before} == before  # nothing written before is touched
+# Training runs log to the MLflow store in the inputs folder (logger=mlflow): bad input must not touch it.
+P1 = ["logger=mlflow", "model=tiny", "loop.max_steps=1", "data.batch_size=1", "data.patch_size=64"]
+P2 = ["logger=mlflow", "model=debug", "loop.max_steps=1", "batch_size=2", "seq_len=16"]
+
+CASES = [
+    # (case, module, args ({d}: the inputs folder), words the error line must hold)
+    ("p1 missing data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/nope"], ["nope", "does not exist"]),
+    ("p1 empty data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/empty"], ["holds no images"]),
+    ("p1 corrupt image", "phase1.train", [*P1, "data=folder", "data.root={d}/corrupt"], ["none of the 1 files"]),
+    ("p1 unknown preset", "phase1.train", [*P1, "model=hpcm_huge"], ["model/hpcm_huge", "hpcm_base"]),
+    ("p1 invalid override", "phase1.train", [*P1, "lamda=0.01"], ["Could not override 'lamda'"]),
+    ("p1 wrong type", "phase1.train", [*P1, "optim.lr=fast"], ["optim.lr='fast' must be a number"]),
+    ("p1 truncated checkpoint", "phase1.train", [*P1, "resume={d}/cut1.pt"], ["cut1.pt", "truncated"]),
+    ("p1 other phase", "phase1.train", [*P1, "resume={d}/lm.pt"],
+     ["phase2 checkpoint", "phase1 checkpoint is needed"]),
+    ("p2 missing text", "phase2.train", [*P2, "data=file", "data.path={d}/nowhere.txt"],
+     ["nowhere.txt", "does not exist"]),
+    ("p2 empty folder", "phase2.train", [*P2, "data=file", "data.path={d}/empty"], ["holds no"]),
+    ("p2 empty text", "phase2.train", [*P2, "data=file", "data.path={d}/blank.txt"], ["blank.txt", "is empty"]),
+    ("p2 unknown preset", "phase2.train", [*P2, "model.preset=huge"], ["huge"]),
+    ("p2 unknown group option", "phase2.train", [*P2, "model=huge"], ["model", "available"]),
+    ("p2 invalid override", "phase2.train", [*P2, "optim.no_such_key=1"], ["no_such_key"]),
+    ("p2 wrong type", "phase2.train", [*P2, "batch_size=many"], ["batch_size", "must be a number"]),
+    ("p2 truncated checkpoint", "phase2.train", [*P2, "resume={d}/cut2.pt"], ["cut2.pt", "truncated"]),
+    ("p2 other phase", "phase2.train", [*P2, "resume={d}/codec.pt"],
+     ["phase1 checkpoint", "phase2 checkpoint is needed"]),
+    ("decode corrupt bitstream", "phase1.codec", ["decode", "{d}/photo.hpcm", "{d}/earlier.png", "--checkpoint",
+                                                  "{d}/codec.pt"], ["photo.hpcm"]),
+    ("decode to a new file", "phase1.codec", ["decode", "{d}/photo.hpcm", "{d}/new.png", "--checkpoint",
+                                              "{d}/codec.pt"], ["photo.hpcm"]),
+    ("encode corrupt image", "phase1.codec", ["encode", "{d}/bad.png", "{d}/new.hpcm", "--checkpoint", "{d}/codec.pt"],
+     ["bad.png", "cannot be read"]),
+    ("encode truncated checkpoint", "phase1.codec", ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint",
+                                                     "{d}/cut1.pt"], ["cut1.pt"]),
+    ("p1 evaluate other phase", "phase1.evaluate", ["{d}/lm.pt"], ["lm.pt", "phase2 checkpoint"]),
+    ("encode other phase", "phase1.codec", ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/lm.pt"],
+     ["lm.pt", "phase1 checkpoint is needed"]),
+    ("p1 evaluate empty folder", "phase1.evaluate", ["{d}/codec.pt", "--data", "{d}/empty"], ["holds no images"]),
+    ("p2 evaluate other phase", "phase2.evaluate", ["{d}/codec.pt", "{d}/text.txt"], ["phase1 checkpoint"]),
+    ("p2 evaluate truncated checkpoint", "phase2.evaluate", ["{d}/cut2.pt", "{d}/text.txt"], ["cut2.pt", "truncated"]),
+    ("p2 generate truncated checkpoint", "phase2.generate", ["{d}/cut2.pt", "--prompt", "hi"],
+     ["cut2.pt", "truncated"]),
+    ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
+    ("sweep unknown size", "sweeps.run", ["balanced", "--size", "huge", "--storage", "sqlite:///{d}/optuna.db",
+                                          "--logger", "none"], ["size='huge'", "demo"]),
+]
+
+
+def _assert_one_line(rc: int, output: str, needles: list[str]) -> None:
+    errors = [ln for ln in output.strip().splitlines() if ln.startswith("error:")]
+    assert rc != 0, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
+    assert len(errors) == 1, output[-2000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("case, module, args, needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(launcher, files, tmp_path, case, module, args, needles):
+    before = _snapshot(files)
+    argv = [a.format(d=files) for a in args]
+    if module.endswith(".train"):
+        argv.append(f"hydra.run.dir={tmp_path / 'run'}")  # Hydra's own run folder, not the inputs folder
+    rc, output = launcher(module, argv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{files / 'mlflow.db'}"})
+    _assert_one_line(rc, output, needles)
+    assert _snapshot(files) == before  # nothing written before is touched, and no partial output appears
+
+
+def test_launcher_matches_a_fresh_interpreter(launcher, files, tmp_path):
+    args = [*P2, "resume=" + str(files / "codec.pt"), f"hydra.run.dir={tmp_path}", "logger=none"]
+    fresh = subprocess.run([sys.executable, "-m", "phase2.train", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=300)
+    forked = launcher("phase2.train", args)
+    error = [ln for ln in fresh.stderr.splitlines() if ln.startswith("error:")]
+    assert fresh.returncode == forked[0] == 2
+    assert error == [ln for ln in forked[1].splitlines() if ln.startswith("error:")] and len(error) == 1
+
+
+def test_launcher_shows_a_genuine_crash(launcher):
+    rc, output = launcher("phase1.codec", ["encode"])  # argparse: a usage error, exit 2, no traceback
+    assert rc == 2 and "usage:" in output
+    rc, output = launcher("zipfile", ["-l", "/no/such/file.zip"])  # an uncaught exception keeps its traceback
+    assert rc == 1 and "Traceback" in output
