@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _install_server() -> None:
+    """Debian's `postgresql` package when its programs are missing and we may install (root, apt-get); apt
+    caches the download, so only a first run pays for it. `make test` does the same through `make postgres`."""
+    try:
+        postgres._bin("pg_ctl")
+        return
+    except FileNotFoundError:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise
+    quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=quiet, check=True, capture_output=True, text=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=quiet, check=True, capture_output=True,
+                   text=True)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     parent = tmp_path_factory.mktemp("pg")
@@ -37,6 +53,7 @@ def server(tmp_path_factory):
         p.chmod(p.stat().st_mode | 0o005)
     folder = parent / "data"
     try:
+        _install_server()
         url = postgres.start(folder, _free_port())
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         if os.environ.get("CI"):
