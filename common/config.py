@@ -83,8 +83,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from omegaconf.errors import OmegaConfBaseException
 
     from common.checkpoint import CheckpointError
+    from common.loop import NonFiniteLossError  # a diverged run: its message names the fix
 
-    return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException)
+    return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException,
+            NonFiniteLossError)
 
 
 def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:

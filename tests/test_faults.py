@@ -131,8 +131,6 @@ def test_random_nonfinite_losses_skip_or_abort_past_the_limit(tmp_path, rate, se
     assert loop.state.skipped_steps == len({s for s in bad if s <= abort_at})
 
 
-@pytest.mark.xfail(strict=True, reason="a diverged run ends in a traceback: NonFiniteLossError is not one of "
-                                       "common.config's user errors (one line, exit 2) yet")
 def test_a_diverged_cli_run_ends_with_one_clear_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "phase2.train", "logger=none", "model=debug", "batch_size=2",
                            "seq_len=16", "optim.lr=1e9", "loop.max_steps=60", "loop.max_nonfinite_in_row=5",
