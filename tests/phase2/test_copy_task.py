@@ -53,9 +53,13 @@ def test_exact_match_scores_a_perfect_copier():
 
 @pytest.mark.slow
 def test_transformer_learns_the_copy_task():
-    """Seed 002's encoder-decoder, Noam + Adam, label smoothing 0: >= 99% exact match in ~25 s on one core."""
+    """Seed 002's encoder-decoder, Noam + Adam, label smoothing 0: >= 99% exact match in ~50 s on one core.
+
+    2,500 steps: at 1,000 (token loss ~0.03) exact match was 75-97% depending on seed and machine; at 2,500 it
+    was 100% for seeds 0 and 1 (loss <= 0.001).
+    """
     cfg = CopyTaskConfig(num_symbols=10, max_len=8, d_model=64, d_ff=128, num_heads=4, num_layers=2, dropout=0.0,
-                         batch_size=64, steps=1000, warmup_steps=400, noam_factor=2.0, eval_samples=500)
+                         batch_size=64, steps=2500, warmup_steps=400, noam_factor=2.0, eval_samples=500)
     result = train_seq2seq_copy(cfg)
     assert result["exact_match"] >= 0.99, result
 
