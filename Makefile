@@ -22,7 +22,7 @@ HOST       ?= 127.0.0.1
 PORT       ?= 5000
 
 .PHONY: help install test test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
-        sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-tracking \
+        sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
         bench-phase1-rd bench-phase2-lm
 
 help: ## List every target with one line each
@@ -113,6 +113,9 @@ bench-hpcm: $(STAMP) ## HPCM encode/decode time (GPU)
 
 bench-hebbian: $(STAMP) ## Hebbian memory layer vs chunked GLA and SDPA (GPU)
 	$(PY) benchmarks/bench_hebbian.py --out benchmarks/results/hebbian.json
+
+bench-gate-scan: $(STAMP) ## The memory's gate-scan kernel: variants, time per gate interval, error (GPU)
+	$(PY) benchmarks/bench_gate_scan.py --out benchmarks/results/gate_scan.json
 
 bench-phase1-rd: $(STAMP) ## Phase 1 experiment: Adam vs Balanced R-D curves, BD-rate (GPU, ~10 min on one H100)
 	$(PY) benchmarks/bench_phase1_rd.py --parallel 10 --out benchmarks/results/phase1_rd_warm.json

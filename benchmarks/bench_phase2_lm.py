@@ -8,7 +8,9 @@ Two parts, both byte-level (vocabulary 256, so the output layer does not hide th
               The runs go in parallel processes on one GPU: their results do not depend on timing.
   throughput  alone on the GPU: training steps (forward, backward, AdamW) at sequence lengths 2048, 8192,
               16384 with the same tokens per step; tokens/s, time per token, peak memory; the length from
-              which Phase 2's tokens/s exceeds the Transformer's.
+              which Phase 2's tokens/s exceeds the Transformer's. Before it, on this GPU: Phase 2's loss and
+              gradients through its Triton paths against its PyTorch paths; after it, the CUDA time of one
+              Phase 2 step at the longest length by operator (torch.profiler).
 The Transformer's FFN width is chosen so that its parameter count matches Phase 2's (within 1 %).
 `--data` is a text folder (default: the built-in corpus, data=builtin).
 """
@@ -106,6 +108,52 @@ def time_training(model, T: int, batch: int, steps: int, warmup: int) -> dict:
             "us_per_token": seconds / (batch * T) * 1e6, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
+def gradient_check() -> dict:
+    """Phase 2 small on this GPU: Triton paths (gate scan, memory kernels, BK-Core) vs the PyTorch ones."""
+    ids = torch.randint(0, VOCAB, (2, 257), generator=torch.Generator().manual_seed(0)).cuda()
+    grads, losses = [], []
+    for impl in ("auto", "torch"):
+        torch.manual_seed(0)
+        model = create_phase2_model(preset="small", vocab_size=VOCAB, n_seq=512, dropout=0.0,
+                                    use_triton_bk=impl == "auto").cuda()
+        for block in model.blocks:
+            block.memory.impl = impl
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    errs = {n: ((grads[0][n] - g).norm() / g.norm().clamp_min(1e-30)).item() for n, g in grads[1].items()}
+    worst = max(errs, key=errs.get)
+    return {"loss_triton": losses[0], "loss_torch": losses[1], "max_param_grad_rel_err": errs[worst],
+            "worst_param": worst, "ok": errs[worst] < 1e-3 and abs(losses[0] - losses[1]) < 1e-4 * losses[1]}
+
+
+def profile_step(T: int, batch: int, top: int = 15) -> list[dict]:
+    """CUDA time by operator over one Phase 2 training step (after warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = phase2_model(T).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, VOCAB, (batch, T + 1)).cuda()
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = model(x[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:top]
+    return [{"name": e.key[:90], "cuda_ms": e.device_time_total / 1e3, "calls": e.count} for e in rows]
+
+
 def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -> dict:
     builders = {"phase2": phase2_model, "transformer": lambda n_seq: transformer_model(n_seq, ffn)}
     out = {name: [] for name in builders}
@@ -151,16 +199,24 @@ def main() -> None:
     p.add_argument("--tokens-per-step", type=int, default=16384)
     p.add_argument("--timed-steps", type=int, default=8)
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--gate-scan", default=None, metavar="WARPS,PRECISION",
+                   help="gate-scan kernel variant, e.g. 8,ieee (default: the kernel's CONFIG)")
     p.add_argument("--throughput-from", type=Path, default=None,
                    help="reuse the throughput part of an earlier result file instead of measuring it")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_lm.json"))
     args = p.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
+    if args.gate_scan:
+        from phase2.ops.memory_gates import triton as gate_kernel
+
+        warps, precision = args.gate_scan.split(",")
+        gate_kernel.CONFIG = gate_kernel.GateScanConfig(int(warps), precision)
 
     ffn, p2_params, tf_params = matched_ffn_dim(args.seq_len)
     result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "parameters": {"phase2": p2_params, "transformer": tf_params},
+              "torch": torch.__version__, "gate_scan": args.gate_scan or "default",
+              "parameters": {"phase2": p2_params, "transformer": tf_params},
               "transformer_ffn_dim": ffn}
     print(f"parameters: Phase 2 small {p2_params:,}, Transformer {tf_params:,} (FFN {ffn})", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +224,14 @@ def main() -> None:
     if args.throughput_from:
         result["throughput"] = json.loads(args.throughput_from.read_text())["throughput"]
     else:
+        result["gradient_check"] = gradient_check()
+        print(json.dumps(result["gradient_check"]), flush=True)
         result["throughput"] = throughput(lengths, args.tokens_per_step, ffn, args.timed_steps)
+        longest = max(lengths)
+        rows = profile_step(longest, max(1, args.tokens_per_step // longest))
+        result["profile_phase2"] = {"T": longest, "rows": rows}
+        for row in result["profile_phase2"]["rows"]:
+            print(f"{row['cuda_ms']:9.2f} ms {row['calls']:5d}x  {row['name']}", flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
 
     if not args.skip_quality:

@@ -26,7 +26,8 @@ class Phase2Config:
 
     # --- BK-Core (phase2/ops/bk_core): implementation choices, outputs do not depend on them
     use_triton_bk: bool = True  # Triton kernels on CUDA (and under TRITON_INTERPRET=1); False: PyTorch loop
-    triton_block_size: int = 256  # time steps per BK-Core launch; g is carried exactly from block to block
+    triton_block_size: int = 256  # least time steps one BK-Core Triton program scans before its chunk
+    # maps are combined (the kernel splits long chains into chunks of at least this many steps)
 
     # --- Non-Hermitian potential: a_t = V_t - i*Gamma_t per head, Gamma > 0 is the forgetting rate
     base_decay: float = 0.01  # Gamma at initialisation (per head spread by the zeta zeros when use_zeta_init)

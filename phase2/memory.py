@@ -4,17 +4,16 @@ Per head, with unit-norm queries and keys:
     S_t = exp(-Gamma_t dt) S_{t-1} + eta_t k_t^T v_t,    o_t = q_t S_t
 computed in the parallel chunked form for training and as a recurrence for streaming (phase2/ops/hebbian).
 
-The gates read the memory state S only at gate boundaries: absolute positions 0, gate_interval,
-2*gate_interval, ... of the stream. At a boundary, from the S entering it (no gradient: they are controls):
-  SNR filter      snr = sigma_1(S)^2 / (||S||_F^2 - sigma_1(S)^2). Below snr_threshold Gamma is multiplied by
-                  up to snr_gamma_boost, above it eta by up to snr_eta_boost (smooth sigmoid switch)
-  resonance       e_j = ||u_j^T S||^2 / ||S||_F^2 over the zeta mode basis u_j; modes with e_j above
-                  resonance_energy_threshold resonate: k <- k + rho_h U (m * U^T k) amplifies writes into them
-  Lyapunov        E = ||S||_F^2; if E rose since the previous boundary (dE/dt > 0) Gamma's multiplier grows
-                  by gamma_adjust_rate, else relaxes by it towards 1
-The gates then hold for the next gate_interval tokens. Because they depend on positions, not on how the
-sequence is cut into compute chunks, the chunked form (any chunk_size), the recurrence and token-by-token
-streaming all give the same outputs. The price: a sequential loop over gate intervals inside one call.
+The gates (phase2/ops/memory_gates: SNR filter, resonance, Lyapunov) read the state only at boundaries,
+absolute positions 0, gate_interval, 2*gate_interval, ... of the stream, and act on per-token quantities:
+Gamma, eta and the keys. Because they depend on positions, not on how the sequence is cut into calls or
+compute chunks, the chunked form (any chunk_size), the recurrence and token-by-token streaming give the same
+outputs. Two ways to run a call:
+  scan   one kernel walks the boundaries and returns the call's gates (no gradient: they are controls),
+         then the gated keys and decays go through the memory op once, in parallel (GPU, or the Triton
+         interpreter)
+  loop   boundary by boundary in PyTorch: gates, then the memory op on the segment (CPU, and the
+         recurrence for single-token calls)
 """
 
 from __future__ import annotations
@@ -25,37 +24,46 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from phase2.ops.hebbian import hebbian_memory
+from phase2.ops.hebbian import hebbian_memory, kernels_fit
+from phase2.ops.memory_gates import (
+    GateParams,
+    Gates,
+    GateTrace,
+    apply_gates,
+    boundary_gates,
+    gate_scan,
+    hold,
+    kernel_available,
+    segment_lengths,
+)
 from phase2.zeta import zeta_init_linear_, zeta_mode_basis
-
-POWER_ITERATIONS = 8  # sigma_1 of a (K x K) state; fixed, so the SNR is a deterministic function of S
-TINY = 1e-30
 
 
 @dataclass
 class MemoryState:
     S: torch.Tensor  # (B, H, K, V) float32 fast weights
-    gate_gamma: torch.Tensor  # (B, H) Gamma multiplier in force (SNR filter x Lyapunov adjustment)
-    gate_eta: torch.Tensor  # (B, H) eta multiplier in force
-    gate_key: torch.Tensor  # (B, H, K) resonance weights of the modes (zeros when resonance is off)
-    lyapunov: torch.Tensor  # (B, H) the Lyapunov adjustment's multiplier (>= 1)
-    last_energy: torch.Tensor  # (B, H) ||S||_F^2 at the last boundary
+    gates: Gates  # in force, and the Lyapunov rule's memory
 
     @classmethod
     def zeros(cls, B: int, H: int, K: int, V: int, device) -> MemoryState:
-        z = torch.zeros(B, H, device=device)
-        return cls(torch.zeros(B, H, K, V, device=device), z + 1, z + 1, torch.zeros(B, H, K, device=device),
-                   z + 1, z.clone())
+        return cls(torch.zeros(B, H, K, V, device=device), Gates.initial(B, H, K, device))
 
     def detach(self) -> MemoryState:
-        return MemoryState(*(t.detach() for t in vars(self).values()))
+        return MemoryState(self.S.detach(), Gates(*(t.detach() for t in vars(self.gates).values())))
+
+
+def gate_params(cfg) -> GateParams:
+    return GateParams(interval=cfg.gate_interval, eta=cfg.hebbian_eta, snr_threshold=cfg.snr_threshold,
+                      gamma_boost=cfg.snr_gamma_boost, eta_boost=cfg.snr_eta_boost,
+                      adjust_rate=cfg.gamma_adjust_rate, resonance_threshold=cfg.resonance_energy_threshold,
+                      resonance=cfg.resonance_enabled)
 
 
 class HebbianMemory(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         D, H, K = cfg.d_model, cfg.num_heads, cfg.head_dim
-        self.cfg, self.H, self.K = cfg, H, K
+        self.cfg, self.H, self.K, self.params = cfg, H, K, gate_params(cfg)
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(D, H * K, bias=False) for _ in range(3))
         for lin in (self.q_proj, self.k_proj, self.v_proj):
             nn.init.normal_(lin.weight, std=0.02)
@@ -64,104 +72,98 @@ class HebbianMemory(nn.Module):
         self.rho = nn.Parameter(torch.full((H,), 0.5)) if cfg.resonance_enabled else None
         self.register_buffer("modes", zeta_mode_basis(K).float(), persistent=False)  # (K, K) columns u_j
         self.mode = "auto"  # "chunk", "recurrent", or "auto": the recurrence for single-token calls
-        self.impl = "auto"  # chunked form's output step: "triton" (CUDA, fitting shapes), "torch", or "auto"
+        self.impl = "auto"  # kernels: "triton" (CUDA or the interpreter, fitting shapes), "torch", or "auto"
 
-    # ---------------------------------------------------------------------------------------- gates
-    @torch.no_grad()
-    def gates(self, st: MemoryState, record: list | None):
-        """New gates from the state entering a boundary (updates st's gate fields in place)."""
-        c = self.cfg
-        S = st.S.detach().float()
-        E = S.square().sum((-2, -1))  # (B, H)
-        occupied = E / (E + TINY)  # 0 for an empty memory: no gate acts on nothing
-        M = S.transpose(-1, -2) @ S  # (B, H, V, V)
-        u = torch.full(M.shape[:-1], M.shape[-1] ** -0.5, device=S.device)
-        for _ in range(POWER_ITERATIONS):
-            u = F.normalize((M @ u[..., None])[..., 0], dim=-1)
-        sigma1 = (u * (M @ u[..., None])[..., 0]).sum(-1)  # (B, H) largest eigenvalue of S^T S
-        snr = sigma1 / ((E - sigma1).clamp_min(0) + 1e-6 * E + TINY)
-        low = torch.sigmoid((c.snr_threshold - snr) / (0.1 * c.snr_threshold)) * occupied
-        high = (1 - torch.sigmoid((c.snr_threshold - snr) / (0.1 * c.snr_threshold))) * occupied
-        rise = torch.sigmoid((E - st.last_energy) / (0.05 * st.last_energy + TINY))
-        step = 1 + c.gamma_adjust_rate * (2 * rise - 1)
-        st.lyapunov = torch.where(st.last_energy > 0, (st.lyapunov * step).clamp_min(1.0), st.lyapunov)
-        st.last_energy = E
-        st.gate_gamma = (1 + (c.snr_gamma_boost - 1) * low) * st.lyapunov
-        st.gate_eta = 1 + (c.snr_eta_boost - 1) * high
-        share = (self.modes.T @ S).square().sum(-1) / (E[..., None] + TINY)  # (B, H, K) energy share per mode
-        if self.rho is not None:
-            thr = c.resonance_energy_threshold
-            st.gate_key = torch.sigmoid((share - thr) / (0.1 * thr)) * occupied[..., None]
-        if record is not None:
-            thr = c.resonance_energy_threshold
-            resonant = share > thr
-            record.append(dict(snr=snr, energy=E, share=share, n_resonant=resonant.sum(-1).float(),
-                               resonance_energy=(share * resonant).sum(-1) * E))
-
-    # -------------------------------------------------------------------------------------- forward
     def forward(self, h: torch.Tensor, gamma: torch.Tensor, pos0: int, st: MemoryState | None,
                 want_diag: bool = False):
         """h (B, T, D), gamma (B, T, H) raw forgetting rate -> o (B, T, H*V), gated gamma (B, T, H), state, diag."""
-        c = self.cfg
         B, T, _ = h.shape
         H, K = self.H, self.K
-        with torch.autocast(h.device.type, enabled=False):  # the state accumulates: float32 throughout
-            h = h.float()
-            q = F.normalize(self.q_proj(h).view(B, T, H, K), dim=-1).transpose(1, 2)  # (B, H, T, K)
-            k = F.normalize(self.k_proj(h).view(B, T, H, K), dim=-1).transpose(1, 2)
-            v = self.v_proj(h).view(B, T, H, K).transpose(1, 2)  # (B, H, T, V)
-            if st is None:
-                st = MemoryState.zeros(B, H, K, K, h.device)
-            elif st.S.shape[0] != B:
-                raise ValueError(f"state batch size {st.S.shape[0]} != input batch size {B}; pass the state "
-                                 "returned for this batch, or state=None to start fresh")
-            st = MemoryState(**vars(st))  # never mutate the caller's state
-            mode = self.mode if self.mode != "auto" else ("recurrent" if T == 1 else "chunk")
-            record, ends, lengths = ([], [], []) if want_diag else (None, None, None)
-            outs, gammas, S = [], [], st.S
-            for t0, t1 in _segments(pos0, T, c.gate_interval):
-                if (pos0 + t0) % c.gate_interval == 0:
-                    st.S = S
-                    self.gates(st, record)
-                gam = gamma[:, t0:t1].float() * st.gate_gamma[:, None, :]  # (B, L, H)
-                ks = k[:, :, t0:t1]
-                if self.rho is not None:  # amplify the resonant modes of the keys
-                    coef = (ks @ self.modes) * st.gate_key[:, :, None, :]  # (B, H, L, K) mode coefficients
-                    ks = ks + self.rho[None, :, None, None] * (coef @ self.modes.T)
-                ks = ks * (c.hebbian_eta * st.gate_eta)[:, :, None, None]
-                g = -(gam * c.hebbian_dt).transpose(1, 2)  # (B, H, L) log-decay
-                o, S = hebbian_memory(q[:, :, t0:t1], ks, v[:, :, t0:t1], g, S, c.chunk_size, mode, self.impl)
-                outs.append(o)
-                gammas.append(gam)
-                if want_diag:
-                    ends.append(S.detach().square().sum((-2, -1)))
-                    lengths.append(t1 - t0)
-            st.S = S
-            o = torch.cat(outs, 2).transpose(1, 2).reshape(B, T, H * K)
-            gamma_eff = torch.cat(gammas, 1) if gammas else gamma.float()
-        diag = _summarise(record, ends, lengths, pos0, c.hebbian_dt) if want_diag else None
-        return o, gamma_eff, st, diag
+        # under autocast the memory's products take its dtype; keys, decays and the state stay float32
+        mm = torch.get_autocast_dtype("cuda") if h.is_cuda and torch.is_autocast_enabled("cuda") else torch.float32
+        q = F.normalize(self.q_proj(h).float().view(B, T, H, K), dim=-1).transpose(1, 2)  # (B, H, T, K)
+        k = F.normalize(self.k_proj(h).float().view(B, T, H, K), dim=-1).transpose(1, 2)
+        v = self.v_proj(h).float().view(B, T, H, K).transpose(1, 2)  # (B, H, T, V)
+        if st is None:
+            st = MemoryState.zeros(B, H, K, K, h.device)
+        elif st.S.shape[0] != B:
+            raise ValueError(f"state batch size {st.S.shape[0]} != input batch size {B}; pass the state "
+                             "returned for this batch, or state=None to start fresh")
+        gamma_dt = (gamma.float() * self.cfg.hebbian_dt).transpose(1, 2)  # (B, H, T)
+        mode = self.mode if self.mode != "auto" else ("recurrent" if T == 1 else "chunk")
+        with torch.autocast(h.device.type, enabled=False):
+            # the scan pays off (and the op stays exactly causal) when the op's kernels run too
+            scan = mode == "chunk" and self.impl != "torch" and T > 0 and kernel_available(k, v) and \
+                kernels_fit(q, v, self.cfg.chunk_size)
+            run = self._scanned if scan else self._looped
+            o, gate_per_token, S, trace = run(q, k, v, gamma_dt, pos0, st, mode, mm)
+        o = o.float().transpose(1, 2).reshape(B, T, H * K)
+        gamma_eff = gamma.float() * gate_per_token.transpose(1, 2)
+        diag = _summarise(trace, segment_lengths(pos0, T, self.cfg.gate_interval), pos0,
+                          self.cfg.hebbian_dt, self.params.resonance_threshold) if want_diag else None
+        return o, gamma_eff, MemoryState(S, trace.final), diag
+
+    def _scanned(self, q, k, v, gamma_dt, pos0, st, mode, mm):
+        """All gates of the call from one scan, then one parallel pass of the memory op."""
+        trace = gate_scan(k.detach(), v.detach(), gamma_dt.detach(), st.S.detach().float(), st.gates, self.modes,
+                          None if self.rho is None else self.rho.detach(), self.params, pos0, impl="triton")
+        G = self.cfg.gate_interval
+        seg = (pos0 % G + torch.arange(q.shape[2], device=q.device)) // G  # (T,) segment of each token
+        gg, ge, gk = trace.gamma[:, :, seg], trace.eta[:, :, seg], trace.key[:, :, seg]
+        ks, g = apply_gates(k, gamma_dt, gg, ge, gk, self.modes, self.rho, self.params)
+        o, S = hebbian_memory(q.to(mm), ks.to(mm), v.to(mm), g, st.S, self.cfg.chunk_size, "chunk", self.impl)
+        return o, gg, S, trace
+
+    def _looped(self, q, k, v, gamma_dt, pos0, st, mode, mm):
+        """Boundary by boundary: gates from the state, then the memory op over the segment."""
+        c, p = self.cfg, self.params
+        gates, S, t0 = st.gates, st.S, 0
+        opens = pos0 % c.gate_interval == 0
+        outs, per_token, rows = [], [], []
+        for j, n in enumerate(segment_lengths(pos0, q.shape[2], c.gate_interval)):
+            stats = None
+            if j > 0 or opens:
+                gates, stats = boundary_gates(S, gates, self.modes, p)
+            sl = slice(t0, t0 + n)
+            ks, g = apply_gates(k[:, :, sl], gamma_dt[:, :, sl], hold(gates.gamma, n), hold(gates.eta, n),
+                                hold(gates.key, n), self.modes, self.rho, p)
+            o, S = hebbian_memory(q[:, :, sl].to(mm), ks.to(mm), v[:, :, sl].to(mm), g, S, c.chunk_size, mode,
+                                  self.impl)
+            outs.append(o)
+            per_token.append(hold(gates.gamma, n))
+            rows.append((gates, stats, S.detach().square().sum((-2, -1))))
+            t0 += n
+        if not outs:  # an empty call: nothing happens
+            empty = q.new_zeros(*q.shape[:2], 0)
+            return q.new_zeros(*v.shape), empty, S, _trace(rows, st.gates, opens, q.shape[:2], self.K)
+        return torch.cat(outs, 2), torch.cat(per_token, 2), S, _trace(rows, gates, opens, q.shape[:2], self.K)
 
 
-def _segments(pos0: int, T: int, interval: int):
-    """[t0, t1) pieces of the call that end at gate boundaries (absolute positions multiple of interval)."""
-    t0 = 0
-    while t0 < T:
-        t1 = min(T, t0 + interval - (pos0 + t0) % interval)
-        yield t0, t1
-        t0 = t1
+def _trace(rows, final: Gates, opens: bool, BH, K: int) -> GateTrace:
+    """The loop's per-segment gates and statistics in the scan's form."""
+    nan = torch.full(tuple(BH), float("nan"), device=final.gamma.device)
+    stack = lambda xs, dim, shape=(): torch.stack(xs, dim) if xs else nan.new_zeros(*BH, 0, *shape)  # noqa: E731
+    pick = lambda key, fill: [r[1][key] if r[1] else fill for r in rows]  # noqa: E731
+    return GateTrace(gamma=stack([r[0].gamma for r in rows], -1), eta=stack([r[0].eta for r in rows], -1),
+                     key=stack([r[0].key for r in rows], 2, (K,)), snr=stack(pick("snr", nan), -1),
+                     energy=stack(pick("energy", nan), -1),
+                     share=stack(pick("share", nan[..., None].expand(*BH, K)), 2, (K,)),
+                     end_energy=stack([r[2] for r in rows], -1), final=final, opens_at_boundary=opens)
 
 
-def _summarise(record, ends, lengths, pos0, dt):
+def _summarise(trace: GateTrace, lengths, pos0, dt, threshold):
     """Tensors only (no host sync): per-boundary gate statistics and per-segment energies."""
     out = {}
-    if record:
-        out["snr"] = torch.stack([r["snr"] for r in record], -1)  # (B, H, n_boundaries)
-        out["diag_energy"] = torch.stack([r["share"] for r in record], 1).flatten(2)  # (B, n_b, H*K)
-        out["num_resonant_modes"] = torch.stack([r["n_resonant"] for r in record], -1)  # (B, H, n_b)
-        out["total_resonance_energy"] = torch.stack([r["resonance_energy"] for r in record], -1)
-    if ends:
-        energy = torch.stack(ends, -1)  # (B, H, n_segments): ||S||_F^2 at each segment's end
+    first = 0 if trace.opens_at_boundary else 1  # segment 0 opens with a boundary only at a multiple of the interval
+    if trace.snr.shape[-1] > first:
+        share = trace.share[:, :, first:]  # (B, H, n_boundaries, K)
+        resonant = share > threshold
+        out["snr"] = trace.snr[:, :, first:]  # (B, H, n_boundaries)
+        out["diag_energy"] = share.transpose(1, 2).flatten(2)  # (B, n_boundaries, H*K)
+        out["num_resonant_modes"] = resonant.sum(-1).float()  # (B, H, n_boundaries)
+        out["total_resonance_energy"] = (share * resonant).sum(-1) * trace.energy[:, :, first:]
+    if lengths:
+        energy = trace.end_energy  # (B, H, n_segments): ||S||_F^2 at each segment's end
         out["energy"] = energy
         steps = torch.tensor(lengths[1:], dtype=energy.dtype, device=energy.device) * dt
         out["dE_dt"] = (energy[..., 1:] - energy[..., :-1]) / steps if len(lengths) > 1 else energy[..., :0]

@@ -78,20 +78,15 @@ class BKCoreFeatures(nn.Module):
         Returns g (B, T, H, K) complex64 and its last step (B, H, K) for the next call.
         """
         a = torch.complex(V.float(), -gamma.float()[..., None].expand_as(V)).permute(0, 2, 3, 1)  # (B, H, K, T)
+        if a.shape[-1] == 0:
+            return a.permute(0, 3, 1, 2), g_prev
         z_hk = self.z()  # (H, K)
         z = z_hk[..., None]  # (H, K, 1)
         k = F.softplus(self.kappa.float()).to(a.dtype)[..., None]  # (H, K, 1): position 0's k is ignored
-        T = a.shape[-1]
-        parts = []
-        for t0 in range(0, T, self.block_size):
-            blk = a[..., t0:t0 + self.block_size]
-            if g_prev is not None:
-                # continue the chain: a virtual step whose g equals the carried one, 1 / (a' - z) = g_prev
-                first = (z_hk + 1.0 / g_prev)[..., None].expand(*blk.shape[:-1], 1)
-                g_blk = bk_core(torch.cat([first, blk], -1), k, z, impl=self.impl)[..., 1:]
-            else:
-                g_blk = bk_core(blk, k, z, impl=self.impl)
-            parts.append(g_blk)
-            g_prev = g_blk[..., -1]
-        g = torch.cat(parts, -1) if parts else a
-        return g.permute(0, 3, 1, 2), g_prev  # (B, T, H, K), (B, H, K)
+        if g_prev is not None:
+            # continue the chain: a virtual step whose g equals the carried one, 1 / (a' - z) = g_prev
+            first = (z_hk + 1.0 / g_prev)[..., None]  # (B, H, K, 1)
+            g = bk_core(torch.cat([first, a], -1), k, z, impl=self.impl, chunk=self.block_size)[..., 1:]
+        else:
+            g = bk_core(a, k, z, impl=self.impl, chunk=self.block_size)
+        return g.permute(0, 3, 1, 2), g[..., -1]  # (B, T, H, K), (B, H, K)

@@ -44,8 +44,14 @@ _COMPLEX = {torch.float16: torch.complex64, torch.bfloat16: torch.complex64,
             torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
-def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto") -> torch.Tensor:
-    """g_t = 1 / (a_t - z - k_t g_{t-1}) along the last dim. See the module docstring for shapes."""
+def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto", chunk: int | None = None) -> torch.Tensor:
+    """g_t = 1 / (a_t - z - k_t g_{t-1}) along the last dim. See the module docstring for shapes.
+
+    chunk: Triton only, the least time steps a program scans before the chunk maps are combined (None: the
+    kernel's plan); it changes how the work is split, not the result.
+    """
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+        raise ValueError(f"bk_core: chunk={chunk!r} must be a positive integer or None")
     if impl not in _IMPLS:
         raise ValueError(f"bk_core: impl={impl!r}; use one of {_IMPLS}")
     if not isinstance(a, torch.Tensor):
@@ -78,4 +84,4 @@ def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto") -> torch.Tensor:
     if not a.is_cuda and not tri.INTERPRETED:
         raise ValueError("bk_core: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the "
                          "first import of phase2.ops.bk_core.triton; or move the tensors to CUDA")
-    return tri.bk_core_triton(a, k, z)
+    return tri.bk_core_triton(a, k, z, chunk)

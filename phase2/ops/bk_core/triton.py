@@ -22,7 +22,7 @@ Interleaved re/im floats (torch.view_as_real) carry the complex numbers; float32
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -454,20 +454,25 @@ class BKCoreFunction(torch.autograd.Function):
     """(a, k, z) complex (C, T), (C, T), (C,) -> g complex (C, T); gradients for all three."""
 
     @staticmethod
-    def forward(ctx, a, k, z):
-        g = _fwd(a, k, z)
+    def forward(ctx, a, k, z, cfg):
+        g = _fwd(a, k, z, cfg)
         ctx.save_for_backward(g, k)
+        ctx.cfg = cfg
         return g
 
     @staticmethod
     def backward(ctx, dg):
         g, k = ctx.saved_tensors
-        da, dk, dz = _bwd(g, dg.contiguous(), k)
-        return da, dk, dz
+        da, dk, dz = _bwd(g, dg.contiguous(), k, ctx.cfg)
+        return da, dk, dz, None
 
 
-def bk_core_triton(a: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """a, k: complex (..., T) of one shape and dtype; z: complex, broadcastable to a. g: (..., T)."""
+def bk_core_triton(a: torch.Tensor, k: torch.Tensor, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """a, k: complex (..., T) of one shape and dtype; z: complex, broadcastable to a. g: (..., T).
+
+    chunk: the least number of time steps one program scans before chunk maps are combined (None: the
+    config's min_chunk); it moves work between passes, not the result.
+    """
     shape = a.shape
     T = shape[-1]
     if T == 0 or a.numel() == 0:
@@ -478,5 +483,6 @@ def bk_core_triton(a: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.T
     lead = shape[:-1]
     C = a.numel() // T
     zc = z.expand(*lead, 1).reshape(C)  # (C,): one energy per chain, summed back by autograd
-    g = BKCoreFunction.apply(a.reshape(C, T).contiguous(), k.reshape(C, T).contiguous(), zc.contiguous())
+    cfg = CONFIG if chunk is None else replace(CONFIG, min_chunk=chunk)
+    g = BKCoreFunction.apply(a.reshape(C, T).contiguous(), k.reshape(C, T).contiguous(), zc.contiguous(), cfg)
     return g.view(shape)

@@ -12,8 +12,8 @@ Shapes:
     o:    (B, H, T, V) in q's dtype;  S: (B, H, K, V) final state in float32 (float64 for float64 inputs)
 
 mode="chunk": the parallel form for training (phase2/ops/hebbian/chunk.py); chunk_size changes the work
-split, not the result. Its output step is a fused Triton kernel (triton.py) on CUDA when chunk_size, K and V
-are powers of two in 16..128 (impl="auto"), or PyTorch (impl="torch"). mode="recurrent": one step per
+split, not the result. On CUDA it runs as four Triton kernels (triton.py) when chunk_size, K and V are
+powers of two in 16..128 (impl="auto"), else in PyTorch (impl="torch"). mode="recurrent": one step per
 token (naive.py), the streaming form. The two agree to float32 rounding. It is the same operation as
 flash-linear-attention's chunk_simple_gla with scale 1, in layout (B, H, T, K).
 """
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from .chunk import hebbian_chunked
+from .chunk import hebbian_chunked, kernels_fit
 from .naive import hebbian_recurrent
 
-__all__ = ["hebbian_memory", "hebbian_chunked", "hebbian_recurrent"]
+__all__ = ["hebbian_memory", "hebbian_chunked", "hebbian_recurrent", "kernels_fit"]
 
 
 def hebbian_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, initial_state=None,

@@ -10,8 +10,9 @@ nothing overflows however strong the decay. Matrix products run in the inputs' d
 float32 accumulation); cumulative decays are float32 (float64 for float64 inputs), the final state is
 returned in that dtype.
 
-The chunk states (dS) and the output step (the per-chunk masked "attention" plus the inter-chunk read) are
-PyTorch expressions here or fused Triton kernels (triton.py); the carry is a matrix product either way.
+This module is the PyTorch form (CPU, float64, shapes the kernels do not take); on CUDA the same chunked
+computation runs as Triton kernels (triton.py), whose carry is a sequential scan over chunks instead of the
+(NC x NC) product: O(T) work rather than O(T^2 / C^2), at the price of a loop per (batch, head) row.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def chunk_o_torch(q, k, v, b, S_in):
     return o + ((q * torch.exp(b).to(mm)[..., None]) @ S_in.to(mm)).to(acc)
 
 
-def _triton_fits(q, v, C: int) -> bool:
+def kernels_fit(q, v, C: int) -> bool:
+    """Whether the Triton kernels take these shapes and dtypes (tl.dot tiles: powers of two in 16..128)."""
     pow2 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731  (tl.dot tiles)
     K, V = q.shape[-1], v.shape[-1]
     return q.dtype in (torch.float32, torch.bfloat16, torch.float16) and pow2(C) and pow2(K) and pow2(V) \
@@ -58,7 +60,7 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
     """q, k: (B, H, T, K); v: (B, H, T, V); g: (B, H, T) log-decay <= 0; initial_state (B, H, K, V) or None.
 
     Returns o (B, H, T, V) in q's dtype and the final state (B, H, K, V) in the accumulation dtype.
-    impl: "torch", "triton" (fused output kernel; chunk_size, K and V powers of two in 16..128), or "auto"
+    impl: "torch", "triton" (triton.py's kernels; chunk_size, K and V powers of two in 16..128), or "auto"
     (Triton on CUDA, or under TRITON_INTERPRET=1, when the shapes fit).
     """
     if impl not in _IMPLS:
@@ -71,6 +73,11 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
     if T == 0:
         S = q.new_zeros(B, H, K, Vd, dtype=acc) if initial_state is None else initial_state.to(acc)
         return q.new_zeros(B, H, 0, Vd), S
+    if impl == "triton" or (impl == "auto" and kernels_fit(q, v, C) and
+                            (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")):
+        from .triton import hebbian_chunked_triton  # late: CPU-only users need no Triton
+
+        return hebbian_chunked_triton(q, k, v, g, initial_state, C)
     pad = (-T) % C  # zero keys and zero log-decay: padded steps neither write nor decay
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
@@ -80,14 +87,9 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
     b = g.to(acc).reshape(B, H, NC, C).cumsum(-1)  # (B, H, NC, C)
     bC = b[..., -1]  # (B, H, NC): the chunk's total log-decay
 
-    use_triton = impl == "triton" or (impl == "auto" and _triton_fits(q, v, C) and
-                                      (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
-    if use_triton:
-        from .triton import chunk_o_triton, chunk_states_triton  # late: CPU-only users need no Triton
-    states, out = (chunk_states_triton, chunk_o_triton) if use_triton else (chunk_states_torch, chunk_o_torch)
     flat = lambda x: x.reshape(B * H * NC, *x.shape[3:])  # noqa: E731  (N = B*H*NC chunks)
 
-    dS = states(flat(k), flat(v), flat(b)).reshape(B, H, NC, K * Vd)  # what each chunk writes
+    dS = chunk_states_torch(flat(k), flat(v), flat(b)).reshape(B, H, NC, K * Vd)  # what each chunk writes
     cB = bC.cumsum(-1)  # (B, H, NC): log-decay from the start through chunk c
     before = cB - bC  # through chunk c - 1
     earlier = _tril(NC, NC, -1, q.device)  # j < c
@@ -99,5 +101,5 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
         S0 = initial_state.to(acc)
         S_in = (S_in + torch.exp(before)[..., None] * S0.reshape(B, H, 1, K * Vd)).to(mm)
         S_final = S_final + torch.exp(cB[..., -1])[..., None, None] * S0
-    o = out(flat(q), flat(k), flat(v), flat(b), S_in.reshape(B * H * NC, K, Vd))
+    o = chunk_o_torch(flat(q), flat(k), flat(v), flat(b), S_in.reshape(B * H * NC, K, Vd))
     return o.reshape(B, H, NC * C, Vd)[:, :, :T].to(mm), S_final

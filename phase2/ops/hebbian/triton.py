@@ -1,15 +1,25 @@
-"""The chunked Hebbian memory's per-chunk steps as Triton kernels.
+"""The chunked Hebbian memory as four Triton kernels, O(T): two sequential state scans and two parallel
+chunk steps (the plan of flash-linear-attention's chunk ops).
 
-chunk_states_triton: dS = sum_s exp(b_C - b_s) k_s^T v_s per chunk in one kernel; its backward is the PyTorch
-expression's (chunk_states_torch), recomputed. chunk_o_triton: the output step, with its exact backward:
+Rows n = (batch, head); chunks c of C tokens; b the chunk-local cumulative log-decay (b_t = g_0 + ... + g_t
+inside the chunk), L_c = b at the chunk's last token, D[t, s] = exp(b_t - b_s) for s <= t (else 0):
+  forward   h scan   S(c+1) = e^{L_c} S(c) + (k_c * e^{L_c - b_c})^T v_c     S(c): the state entering chunk c
+            output   o_c = (q_c k_c^T * D) v_c + (q_c * e^{b_c}) S(c)                        all chunks at once
+  backward  dh scan  dS(c) = e^{L_c} dS(c+1) + (q_c * e^{b_c})^T do_c,  dS(NC) = dS_final,  dS(0) = dS_0
+            grads    dv = (q k^T * D)^T do + (k * e^{L - b}) dS(c+1)
+                     dq = ((do v^T) * D) k + (do S(c)^T) * e^{b}
+                     dk = ((do v^T) * D)^T q + (v dS(c+1)^T) * e^{L - b}
+                     dG_t = q_t . dq_t - k_t . dk_t
+            dg_s = sum_{t >= s} dG_t + <dS_final, S_final>
+Why dG: with G the global cumulative log-decay, o_t = e^{G_t} q_t (S_0 + sum_{s <= t} e^{-G_s} k_s^T v_s), so G_t
+enters as e^{+G_t} through the read at t and as e^{-G_t} through the write at t; q.dq and k.dk collect
+exactly those two sums. g_s moves every G_t with t >= s, hence the reverse cumulative sum.
 
-Per chunk (one program each), with b the chunk's cumulative log-decay and D[t, s] = exp(b_t - b_s) for s <= t:
-    forward   o = (q k^T * D) v + (q * e^b) S_in
-    backward  dv = (q k^T * D)^T do;   dA = (do v^T) * D
-              dq = dA k + (do S_in^T) * e^b;   dk = dA^T q;   dS_in = (q * e^b)^T do
-              db_t = sum_s P[t, s] - sum_s P[s, t] + e^{b_t} (q_t S_in) . do_t,   P = (do v^T) * (q k^T * D)
 Products take the inputs' dtype (bfloat16 on tensor cores; float32 inputs use exact IEEE products), sums
-are float32. Masked exponents are zeroed before exp, so nothing overflows.
+and states are float32. Exponents are differences of cumulative sums taken in order, so they are <= 0 and
+nothing overflows. No kernel transposes the result of a tl.dot before feeding it to another: transposed
+products are computed as dots of their own, because Triton 3.4 to 3.7.0 miscompiles that pattern in
+backward kernels on Hopper (flash-linear-attention issue #640).
 """
 
 from __future__ import annotations
@@ -24,141 +34,206 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "
 
 
 @triton.jit
-def _decay(b, C: tl.constexpr):
-    # (C,) cumulative log-decay -> (C, C) causal decay exp(b_t - b_s), zero above the diagonal
+def _decay(b, C: tl.constexpr, TRANSPOSED: tl.constexpr):
+    # (C,) cumulative log-decay -> D[t, s] = exp(b_t - b_s) for s <= t, zero above the diagonal (or D^T)
     rc = tl.arange(0, C)
-    causal = rc[:, None] >= rc[None, :]
-    return tl.where(causal, tl.exp(tl.where(causal, b[:, None] - b[None, :], 0.0)), 0.0)
+    if TRANSPOSED:
+        keep = rc[None, :] >= rc[:, None]
+        diff = b[None, :] - b[:, None]
+    else:
+        keep = rc[:, None] >= rc[None, :]
+        diff = b[:, None] - b[None, :]
+    return tl.where(keep, tl.exp(tl.where(keep, diff, 0.0)), 0.0)
 
 
 @triton.jit
-def _states_kernel(k_ptr, v_ptr, b_ptr, s_ptr, C: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   BV: tl.constexpr, PREC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+def _h_scan_kernel(k_ptr, v_ptr, b_ptr, h_ptr, s0_ptr, st_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
+                   V: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr, PREC: tl.constexpr):
+    i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
-    rv = tl.program_id(1) * BV + tl.arange(0, BV)
-    k = tl.load(k_ptr + n * C * K + rc[:, None] * K + rk[None, :])  # (C, K)
-    v = tl.load(v_ptr + n * C * V + rc[:, None] * V + rv[None, :])  # (C, BV)
-    b = tl.load(b_ptr + n * C + rc)
-    w = tl.exp(tl.load(b_ptr + n * C + C - 1) - b)  # (C,) decay to the chunk's end, <= 1
-    kw = (k.to(tl.float32) * w[:, None]).to(k.dtype)
-    dS = tl.dot(tl.trans(kw), v, input_precision=PREC)  # (K, BV)
-    tl.store(s_ptr + n * K * V + rk[:, None] * V + rv[None, :], dS.to(s_ptr.dtype.element_ty))
+    rv = i_v * BV + tl.arange(0, BV)
+    kv = rk[:, None] * V + rv[None, :]
+    S = tl.zeros((K, BV), dtype=tl.float32)
+    if HAS_S0:
+        S += tl.load(s0_ptr + n * K * V + kv)
+    for c in range(NC):
+        tl.store(h_ptr + (n * NC + c) * K * V + kv, S.to(h_ptr.dtype.element_ty))
+        t = c * C + rc
+        inside = t < T
+        k = tl.load(k_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)  # (C, K)
+        v = tl.load(v_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)  # (C, BV)
+        b = tl.load(b_ptr + n * NC * C + c * C + rc)
+        last = tl.load(b_ptr + n * NC * C + c * C + C - 1)
+        kw = (k.to(tl.float32) * tl.exp(last - b)[:, None]).to(k.dtype)
+        S = S * tl.exp(last) + tl.dot(tl.trans(kw), v, input_precision=PREC)
+    tl.store(st_ptr + n * K * V + kv, S)
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, s_ptr, o_ptr, C: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BV: tl.constexpr, PREC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
+              V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    c, i_v, n = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
-    rv = tl.program_id(1) * BV + tl.arange(0, BV)
-    q = tl.load(q_ptr + n * C * K + rc[:, None] * K + rk[None, :])  # (C, K)
-    k = tl.load(k_ptr + n * C * K + rc[:, None] * K + rk[None, :])
-    v = tl.load(v_ptr + n * C * V + rc[:, None] * V + rv[None, :])  # (C, BV)
-    b = tl.load(b_ptr + n * C + rc)  # (C,) float32
-    S = tl.load(s_ptr + n * K * V + rk[:, None] * V + rv[None, :])  # (K, BV)
-    A = tl.dot(q, tl.trans(k), input_precision=PREC) * _decay(b, C)  # (C, C) float32
+    rv = i_v * BV + tl.arange(0, BV)
+    t = c * C + rc
+    inside = t < T
+    q = tl.load(q_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)  # (C, K)
+    k = tl.load(k_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)
+    v = tl.load(v_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)  # (C, BV)
+    b = tl.load(b_ptr + n * NC * C + c * C + rc)
+    S = tl.load(h_ptr + (n * NC + c) * K * V + rk[:, None] * V + rv[None, :])  # (K, BV)
+    A = tl.dot(q, tl.trans(k), input_precision=PREC) * _decay(b, C, False)  # (C, C) float32
     o = tl.dot(A.to(v.dtype), v, input_precision=PREC)
     qe = (q.to(tl.float32) * tl.exp(b)[:, None]).to(q.dtype)
     o += tl.dot(qe, S, input_precision=PREC)
-    tl.store(o_ptr + n * C * V + rc[:, None] * V + rv[None, :], o.to(o_ptr.dtype.element_ty))
+    tl.store(o_ptr + n * T * V + t[:, None] * V + rv[None, :], o.to(o_ptr.dtype.element_ty), mask=inside[:, None])
 
 
 @triton.jit
-def _bwd_kernel(q_ptr, k_ptr, v_ptr, b_ptr, s_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, db_ptr, ds_ptr,
-                C: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+def _dh_scan_kernel(q_ptr, do_ptr, b_ptr, dh_ptr, dst_ptr, ds0_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
+                    V: tl.constexpr, BV: tl.constexpr, HAS_DST: tl.constexpr, HAS_S0: tl.constexpr,
+                    PREC: tl.constexpr):
+    i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rc, rk = tl.arange(0, C), tl.arange(0, K)
+    rv = i_v * BV + tl.arange(0, BV)
+    kv = rk[:, None] * V + rv[None, :]
+    dS = tl.zeros((K, BV), dtype=tl.float32)
+    if HAS_DST:
+        dS += tl.load(dst_ptr + n * K * V + kv)
+    for i in range(NC):
+        c = NC - 1 - i
+        tl.store(dh_ptr + (n * NC + c) * K * V + kv, dS.to(dh_ptr.dtype.element_ty))
+        t = c * C + rc
+        inside = t < T
+        q = tl.load(q_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)
+        do = tl.load(do_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)
+        b = tl.load(b_ptr + n * NC * C + c * C + rc)
+        last = tl.load(b_ptr + n * NC * C + c * C + C - 1)
+        qe = (q.to(tl.float32) * tl.exp(b)[:, None]).to(q.dtype)
+        dS = dS * tl.exp(last) + tl.dot(tl.trans(qe), do, input_precision=PREC)
+    if HAS_S0:
+        tl.store(ds0_ptr + n * K * V + kv, dS)
+
+
+@triton.jit
+def _grads_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, do_ptr, dh_ptr, dq_ptr, dk_ptr, dv_ptr, dG_ptr, T, NC,
+                  C: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
+    c, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk, rv = tl.arange(0, C), tl.arange(0, K), tl.arange(0, V)
-    ck = n * C * K + rc[:, None] * K + rk[None, :]
-    cv = n * C * V + rc[:, None] * V + rv[None, :]
-    kv = n * K * V + rk[:, None] * V + rv[None, :]
-    q, k = tl.load(q_ptr + ck), tl.load(k_ptr + ck)  # (C, K)
-    v, do = tl.load(v_ptr + cv), tl.load(do_ptr + cv)  # (C, V)
-    b = tl.load(b_ptr + n * C + rc)
-    S = tl.load(s_ptr + kv)  # (K, V)
+    t = c * C + rc
+    inside = t < T
+    ck = n * T * K + t[:, None] * K + rk[None, :]
+    cv = n * T * V + t[:, None] * V + rv[None, :]
+    kv = (n * NC + c) * K * V + rk[:, None] * V + rv[None, :]
+    q = tl.load(q_ptr + ck, mask=inside[:, None], other=0.0)  # (C, K)
+    k = tl.load(k_ptr + ck, mask=inside[:, None], other=0.0)
+    v = tl.load(v_ptr + cv, mask=inside[:, None], other=0.0)  # (C, V)
+    do = tl.load(do_ptr + cv, mask=inside[:, None], other=0.0)
+    b = tl.load(b_ptr + n * NC * C + c * C + rc)
+    last = tl.load(b_ptr + n * NC * C + c * C + C - 1)
+    S = tl.load(h_ptr + kv)  # (K, V) state entering the chunk
+    dS = tl.load(dh_ptr + kv)  # (K, V) gradient w.r.t. the state leaving it
     eb = tl.exp(b)
-    D = _decay(b, C)
-    AD = tl.dot(q, tl.trans(k), input_precision=PREC) * D  # (C, C)
-    dAD = tl.dot(do, tl.trans(v), input_precision=PREC)  # (C, C)
-    dv = tl.dot(tl.trans(AD).to(do.dtype), do, input_precision=PREC)
-    dA = (dAD * D).to(q.dtype)
-    dq = tl.dot(dA, k, input_precision=PREC) + tl.dot(do, tl.trans(S), input_precision=PREC) * eb[:, None]
-    dk = tl.dot(tl.trans(dA), q, input_precision=PREC)
-    qe = (q.to(tl.float32) * eb[:, None]).to(q.dtype)
-    dS = tl.dot(tl.trans(qe), do, input_precision=PREC)  # (K, V)
-    P = dAD * AD
-    inter = tl.sum(tl.dot(qe, S, input_precision=PREC) * do.to(tl.float32), axis=1)
-    db = tl.sum(P, axis=1) - tl.sum(P, axis=0) + inter
-    tl.store(dq_ptr + ck, dq.to(dq_ptr.dtype.element_ty))
-    tl.store(dk_ptr + ck, dk.to(dk_ptr.dtype.element_ty))
-    tl.store(dv_ptr + cv, dv.to(dv_ptr.dtype.element_ty))
-    tl.store(db_ptr + n * C + rc, db)
-    tl.store(ds_ptr + kv, dS.to(ds_ptr.dtype.element_ty))
+    to_end = tl.exp(last - b)
+    Dt = _decay(b, C, True)  # Dt[s, t] = D[t, s]
+    At = tl.dot(k, tl.trans(q), input_precision=PREC) * Dt  # (C, C): (q k^T * D)^T
+    kw = (k.to(tl.float32) * to_end[:, None]).to(k.dtype)
+    dv = tl.dot(At.to(do.dtype), do, input_precision=PREC) + tl.dot(kw, dS, input_precision=PREC)
+    tl.store(dv_ptr + cv, dv.to(dv_ptr.dtype.element_ty), mask=inside[:, None])
+    dA = tl.dot(do, tl.trans(v), input_precision=PREC) * _decay(b, C, False)  # (C, C): (do v^T) * D
+    dq = tl.dot(dA.to(k.dtype), k, input_precision=PREC) + tl.dot(do, tl.trans(S), input_precision=PREC) * eb[:, None]
+    dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * Dt  # ((do v^T) * D)^T as its own product
+    dk = tl.dot(dAt.to(q.dtype), q, input_precision=PREC) + \
+        tl.dot(v, tl.trans(dS), input_precision=PREC) * to_end[:, None]
+    dG = tl.sum(q.to(tl.float32) * dq, axis=1) - tl.sum(k.to(tl.float32) * dk, axis=1)
+    tl.store(dq_ptr + ck, dq.to(dq_ptr.dtype.element_ty), mask=inside[:, None])
+    tl.store(dk_ptr + ck, dk.to(dk_ptr.dtype.element_ty), mask=inside[:, None])
+    tl.store(dG_ptr + n * T + t, dG, mask=inside)
 
 
+# ------------------------------------------------------------------------------------------- host side
 def _prec(x: torch.Tensor):
     return "ieee" if x.dtype == torch.float32 else None  # float32: no silent TF32 rounding
 
 
-def _fwd(q, k, v, b, S):
-    N, C, K = q.shape
+def _scan_block(N: int, V: int, device) -> int:
+    """V columns per scan program: the scans are sequential in time, so split V until the rows fill the GPU."""
+    if INTERPRETED or device.type != "cuda":
+        return min(V, 64)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for bv in (64, 32):
+        if bv <= V and N * (V // bv) >= 2 * sms:
+            return bv
+    return min(V, 16)
+
+
+def _forward(q, k, v, b, S0, C: int):
+    """q, k (N, T, K); v (N, T, V); b (N, NC*C) float32; S0 (N, K, V) float32 or None -> o, states h, S_T."""
+    N, T, K = q.shape
     V = v.shape[-1]
+    NC = b.shape[-1] // C
+    h = q.new_empty(N, NC, K, V)  # states entering each chunk, in the products' dtype
+    S_T = torch.empty(N, K, V, device=q.device, dtype=torch.float32)
+    BV = _scan_block(N, V, q.device)
+    _h_scan_kernel[(V // BV, N)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
+                                 HAS_S0=S0 is not None, PREC=_prec(q), num_warps=4)
     o = torch.empty_like(v)
-    BV = min(V, 64)
-    _fwd_kernel[(N, V // BV)](q, k, v, b, S, o, C=C, K=K, V=V, BV=BV, PREC=_prec(q), num_warps=4)
-    return o
+    BVo = min(V, 64)
+    _o_kernel[(NC, V // BVo, N)](q, k, v, b, h, o, T, NC, C=C, K=K, V=V, BV=BVo, PREC=_prec(q), num_warps=4)
+    return o, h, S_T
 
 
-def _bwd(q, k, v, b, S, do):
-    N, C, K = q.shape
+def _backward(q, k, v, b, h, do, dS_T, has_S0: bool, C: int):
+    """-> dq, dk, dv, dG (N, T) float32 (before the reverse cumulative sum), dS_0 (or None)."""
+    N, T, K = q.shape
     V = v.shape[-1]
-    dq, dk, dv, dS = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(S)
-    db = torch.empty_like(b)
-    _bwd_kernel[(N,)](q, k, v, b, S, do, dq, dk, dv, db, dS, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
-    return dq, dk, dv, db, dS
+    NC = b.shape[-1] // C
+    dh = torch.empty_like(h)
+    dS_0 = torch.empty(N, K, V, device=q.device, dtype=torch.float32) if has_S0 else None
+    BV = _scan_block(N, V, q.device)
+    anything = dS_0 if dS_0 is not None else dh  # a valid pointer where the kernel reads or writes nothing
+    _dh_scan_kernel[(V // BV, N)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K,
+                                  V=V, BV=BV, HAS_DST=dS_T is not None, HAS_S0=has_S0, PREC=_prec(q), num_warps=4)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dG = torch.empty(N, T, device=q.device, dtype=torch.float32)
+    _grads_kernel[(NC, N)](q, k, v, b, h, do, dh, dq, dk, dv, dG, T, NC, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
+    return dq, dk, dv, dG, dS_0
 
 
-class ChunkStatesFunction(torch.autograd.Function):
+class HebbianChunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, k, v, b):
-        ctx.save_for_backward(k, v, b)
-        N, C, K = k.shape
+    def forward(ctx, q, k, v, g, S0, C: int):
+        B, H, T, K = q.shape
         V = v.shape[-1]
-        dS = k.new_empty(N, K, V)
-        BV = min(V, 64)
-        _states_kernel[(N, V // BV)](k, v, b, dS, C=C, K=K, V=V, BV=BV, PREC=_prec(k), num_warps=4)
-        return dS
+        NC = triton.cdiv(T, C)
+        # chunk-local cumulative log-decay; padded steps decay by nothing (and their q, k, v read as zero)
+        b = torch.nn.functional.pad(g.float(), (0, NC * C - T)).view(B, H, NC, C).cumsum(-1).view(B * H, NC * C)
+        flat = lambda x, d: x.reshape(B * H, T, d)  # noqa: E731
+        q2, k2, v2 = flat(q, K), flat(k, K), flat(v, V)
+        S0f = S0.float().reshape(B * H, K, V).contiguous() if S0 is not None else None
+        o, h, S_T = _forward(q2, k2, v2, b, S0f, C)
+        ctx.save_for_backward(q2, k2, v2, b, h, S_T)
+        ctx.shape, ctx.C, ctx.has_S0, ctx.S0_dtype = (B, H, T, K, V), C, S0 is not None, getattr(S0, "dtype", None)
+        ctx.set_materialize_grads(False)
+        return o.view(B, H, T, V), S_T.view(B, H, K, V)
 
     @staticmethod
-    def backward(ctx, dS):
-        from .chunk import chunk_states_torch
-
-        with torch.enable_grad():
-            leaves = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
-            return torch.autograd.grad(chunk_states_torch(*leaves), leaves, dS)
-
-
-def chunk_states_triton(k: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """k (N, C, K), v (N, C, V) one dtype; b (N, C) float32 -> dS (N, K, V) in k's dtype."""
-    if k.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"chunk_states_triton: dtype {k.dtype}; use float32, bfloat16 or float16 (or impl='torch')")
-    return ChunkStatesFunction.apply(k.contiguous(), v.contiguous(), b.float().contiguous())
+    def backward(ctx, do, dS_T):
+        q, k, v, b, h, S_T = ctx.saved_tensors
+        B, H, T, K, V = ctx.shape
+        do = torch.zeros_like(v) if do is None else do.reshape(B * H, T, V).to(v.dtype).contiguous()
+        dS_Tf = None if dS_T is None else dS_T.float().reshape(B * H, K, V).contiguous()
+        dq, dk, dv, dG, dS_0 = _backward(q, k, v, b, h, do, dS_Tf, ctx.has_S0, ctx.C)
+        dg = dG.flip(-1).cumsum(-1).flip(-1)  # every G_t with t >= s moves with g_s
+        if dS_Tf is not None:
+            dg = dg + (dS_Tf * S_T).sum((-2, -1))[:, None]
+        dS_0 = dS_0.view(B, H, K, V).to(ctx.S0_dtype) if dS_0 is not None else None
+        return (dq.view(B, H, T, K), dk.view(B, H, T, K), dv.view(B, H, T, V), dg.view(B, H, T), dS_0, None)
 
 
-class ChunkOFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, b, S):
-        ctx.save_for_backward(q, k, v, b, S)
-        return _fwd(q, k, v, b, S)
-
-    @staticmethod
-    def backward(ctx, do):
-        return _bwd(*ctx.saved_tensors, do.contiguous())
-
-
-def chunk_o_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, S: torch.Tensor):
-    """q, k (N, C, K); v (N, C, V) one dtype; b (N, C) float32; S (N, K, V) in q's dtype -> o (N, C, V)."""
+def hebbian_chunked_triton(q, k, v, g, initial_state, chunk_size: int):
+    """The chunked form through the kernels: (B, H, T, K/V) inputs of one dtype (float32/bfloat16/float16)."""
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"chunk_o_triton: dtype {q.dtype}; use float32, bfloat16 or float16 (or impl='torch')")
-    q, k, v, S = (x.contiguous() for x in (q, k, v, S.to(q.dtype)))
-    return ChunkOFunction.apply(q, k, v, b.float().contiguous(), S)
+        raise ValueError(f"hebbian_chunked_triton: dtype {q.dtype}; use float32, bfloat16 or float16 (or impl='torch')")
+    q, k, v = (x.to(q.dtype).contiguous() for x in (q, k, v))
+    return HebbianChunkFunction.apply(q, k, v, g.contiguous(), initial_state, chunk_size)
