@@ -128,8 +128,8 @@ def gradient_check() -> dict:
             "worst_param": worst, "ok": errs[worst] < 1e-3 and abs(losses[0] - losses[1]) < 1e-4 * losses[1]}
 
 
-def profile_step(T: int, batch: int, top: int = 15) -> list[dict]:
-    """CUDA time by operator over one Phase 2 training step (after warm-up)."""
+def profile_step(T: int, batch: int, top: int = 15) -> dict:
+    """One Phase 2 training step (after warm-up) by operator: the top CUDA-time and the top CPU-time rows."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
@@ -147,11 +147,16 @@ def profile_step(T: int, batch: int, top: int = 15) -> list[dict]:
     for _ in range(2):
         step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:top]
-    return [{"name": e.key[:90], "cuda_ms": e.device_time_total / 1e3, "calls": e.count} for e in rows]
+    events = prof.key_averages()
+    row = lambda e: {"name": e.key[:90], "cuda_ms": e.device_time_total / 1e3,  # noqa: E731
+                     "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
+    return {"T": T, "batch": batch, "cuda_ms_total": sum(e.self_device_time_total for e in events) / 1e3,
+            "self_cpu_ms_total": sum(e.self_cpu_time_total for e in events) / 1e3,
+            "top_cuda": [row(e) for e in sorted(events, key=lambda e: e.device_time_total, reverse=True)[:top]],
+            "top_cpu": [row(e) for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]}
 
 
 def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -> dict:
@@ -228,10 +233,13 @@ def main() -> None:
         print(json.dumps(result["gradient_check"]), flush=True)
         result["throughput"] = throughput(lengths, args.tokens_per_step, ffn, args.timed_steps)
         longest = max(lengths)
-        rows = profile_step(longest, max(1, args.tokens_per_step // longest))
-        result["profile_phase2"] = {"T": longest, "rows": rows}
-        for row in result["profile_phase2"]["rows"]:
-            print(f"{row['cuda_ms']:9.2f} ms {row['calls']:5d}x  {row['name']}", flush=True)
+        result["profile_phase2"] = prof = profile_step(longest, max(1, args.tokens_per_step // longest))
+        print(f"profile T={longest}: CUDA {prof['cuda_ms_total']:.1f} ms, CPU {prof['self_cpu_ms_total']:.1f} ms",
+              flush=True)
+        for kind in ("top_cuda", "top_cpu"):
+            for row in prof[kind]:
+                print(f"{kind}: {row['cuda_ms']:8.2f} ms CUDA {row['self_cpu_ms']:8.2f} ms CPU {row['calls']:5d}x  "
+                      f"{row['name']}", flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
 
     if not args.skip_quality:

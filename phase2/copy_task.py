@@ -48,6 +48,7 @@ class CopyTaskConfig:
     eval_samples: int = 500
     seed: int = 0
     time_budget_s: float | None = None  # stop training early when this much wall time has passed
+    eval_every: int = 0  # also score exact match every this many steps (the result's "curve"); 0: at the end only
 
     @property
     def vocab_size(self) -> int:  # the seed's SRC_VOCAB: 0 (pad) and the symbols
@@ -122,11 +123,11 @@ def _noam_adam(model: nn.Module, cfg: CopyTaskConfig, d_model: int):
     return opt, sched
 
 
-def _train(model, cfg, d_model, loss_fn, device):
-    """Shared loop: returns (mean loss over the last 50 steps, steps taken, seconds)."""
+def _train(model, cfg, d_model, loss_fn, device, score):
+    """Shared loop: returns (mean loss over the last 50 steps, steps taken, seconds, [(step, exact match)])."""
     opt, sched = _noam_adam(model, cfg, d_model)
     batches = _batches(cfg, cfg.seed + 1)
-    losses, start, steps = [], time.perf_counter(), 0
+    losses, curve, start, steps = [], [], time.perf_counter(), 0
     model.train()
     while steps < cfg.steps:
         src, tgt = (t.to(device) for t in next(batches))
@@ -137,10 +138,13 @@ def _train(model, cfg, d_model, loss_fn, device):
         sched.step()
         losses.append(loss.detach())
         steps += 1
+        if cfg.eval_every and steps % cfg.eval_every == 0 and steps < cfg.steps:
+            curve.append((steps, score()))
+            model.train()
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             break
     tail = torch.stack(losses[-50:]).mean().item()
-    return tail, steps, time.perf_counter() - start
+    return tail, steps, time.perf_counter() - start, curve
 
 
 def _eval_set(cfg: CopyTaskConfig):
@@ -181,9 +185,11 @@ def train_seq2seq_copy(cfg: CopyTaskConfig, device="cpu") -> dict:
         out = model(src, tgt_in, src_mask, tgt_mask)
         return criterion(out.reshape(-1, out.size(-1)), tgt_out.reshape(-1))
 
-    loss, steps, seconds = _train(model, cfg, cfg.d_model, loss_fn, device)
-    return {"exact_match": seq2seq_exact_match(model, cfg, device), "loss": loss, "steps": steps,
-            "train_seconds": seconds, "model": model}
+    loss, steps, seconds, curve = _train(model, cfg, cfg.d_model, loss_fn, device,
+                                         lambda: seq2seq_exact_match(model, cfg, device))
+    final = seq2seq_exact_match(model, cfg, device)
+    return {"exact_match": final, "loss": loss, "steps": steps, "train_seconds": seconds,
+            "curve": curve + [(steps, final)], "model": model}
 
 
 # ---------------------------------------------------------------------------------------- decoder-only
@@ -228,6 +234,8 @@ def train_lm_copy(model: nn.Module, cfg: CopyTaskConfig, device="cpu", d_model: 
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
 
-    loss, steps, seconds = _train(model, cfg, d_model, loss_fn, device)
-    return {"exact_match": lm_exact_match(model, cfg, device), "loss": loss, "steps": steps,
-            "train_seconds": seconds}
+    loss, steps, seconds, curve = _train(model, cfg, d_model, loss_fn, device,
+                                         lambda: lm_exact_match(model, cfg, device))
+    final = lm_exact_match(model, cfg, device)
+    return {"exact_match": final, "loss": loss, "steps": steps, "train_seconds": seconds,
+            "curve": curve + [(steps, final)]}

@@ -47,26 +47,32 @@ def _decay(b, C: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
-def _h_scan_kernel(k_ptr, v_ptr, b_ptr, h_ptr, s0_ptr, st_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
-                   V: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr, PREC: tl.constexpr):
+def _scan_kernel(x_ptr, y_ptr, b_ptr, h_ptr, init_ptr, last_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
+                 STORE_LAST: tl.constexpr, PREC: tl.constexpr):
+    # forward (the h scan):  x = k, y = v,  S(c+1) = e^{L} S(c) + (k e^{L - b})^T v,  h[c] = S(c)
+    # REVERSE (the dh scan): x = q, y = do, dS(c) = e^{L} dS(c+1) + (q e^{b})^T do,  h[c] = dS(c+1)
     i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
     rv = i_v * BV + tl.arange(0, BV)
     kv = rk[:, None] * V + rv[None, :]
     S = tl.zeros((K, BV), dtype=tl.float32)
-    if HAS_S0:
-        S += tl.load(s0_ptr + n * K * V + kv)
-    for c in range(NC):
+    if HAS_INIT:
+        S += tl.load(init_ptr + n * K * V + kv)
+    for i in range(NC):
+        c = NC - 1 - i if REVERSE else i
         tl.store(h_ptr + (n * NC + c) * K * V + kv, S.to(h_ptr.dtype.element_ty))
         t = c * C + rc
         inside = t < T
-        k = tl.load(k_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)  # (C, K)
-        v = tl.load(v_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)  # (C, BV)
+        x = tl.load(x_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)  # (C, K)
+        y = tl.load(y_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)  # (C, BV)
         b = tl.load(b_ptr + n * NC * C + c * C + rc)
         last = tl.load(b_ptr + n * NC * C + c * C + C - 1)
-        kw = (k.to(tl.float32) * tl.exp(last - b)[:, None]).to(k.dtype)
-        S = S * tl.exp(last) + tl.dot(tl.trans(kw), v, input_precision=PREC)
-    tl.store(st_ptr + n * K * V + kv, S)
+        w = tl.exp(b) if REVERSE else tl.exp(last - b)
+        xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
+        S = S * tl.exp(last) + tl.dot(tl.trans(xw), y, input_precision=PREC)
+    if STORE_LAST:
+        tl.store(last_ptr + n * K * V + kv, S)
 
 
 @triton.jit
@@ -87,32 +93,6 @@ def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, 
     qe = (q.to(tl.float32) * tl.exp(b)[:, None]).to(q.dtype)
     o += tl.dot(qe, S, input_precision=PREC)
     tl.store(o_ptr + n * T * V + t[:, None] * V + rv[None, :], o.to(o_ptr.dtype.element_ty), mask=inside[:, None])
-
-
-@triton.jit
-def _dh_scan_kernel(q_ptr, do_ptr, b_ptr, dh_ptr, dst_ptr, ds0_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
-                    V: tl.constexpr, BV: tl.constexpr, HAS_DST: tl.constexpr, HAS_S0: tl.constexpr,
-                    PREC: tl.constexpr):
-    i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    rc, rk = tl.arange(0, C), tl.arange(0, K)
-    rv = i_v * BV + tl.arange(0, BV)
-    kv = rk[:, None] * V + rv[None, :]
-    dS = tl.zeros((K, BV), dtype=tl.float32)
-    if HAS_DST:
-        dS += tl.load(dst_ptr + n * K * V + kv)
-    for i in range(NC):
-        c = NC - 1 - i
-        tl.store(dh_ptr + (n * NC + c) * K * V + kv, dS.to(dh_ptr.dtype.element_ty))
-        t = c * C + rc
-        inside = t < T
-        q = tl.load(q_ptr + n * T * K + t[:, None] * K + rk[None, :], mask=inside[:, None], other=0.0)
-        do = tl.load(do_ptr + n * T * V + t[:, None] * V + rv[None, :], mask=inside[:, None], other=0.0)
-        b = tl.load(b_ptr + n * NC * C + c * C + rc)
-        last = tl.load(b_ptr + n * NC * C + c * C + C - 1)
-        qe = (q.to(tl.float32) * tl.exp(b)[:, None]).to(q.dtype)
-        dS = dS * tl.exp(last) + tl.dot(tl.trans(qe), do, input_precision=PREC)
-    if HAS_S0:
-        tl.store(ds0_ptr + n * K * V + kv, dS)
 
 
 @triton.jit
@@ -175,8 +155,8 @@ def _forward(q, k, v, b, S0, C: int):
     h = q.new_empty(N, NC, K, V)  # states entering each chunk, in the products' dtype
     S_T = torch.empty(N, K, V, device=q.device, dtype=torch.float32)
     BV = _scan_block(N, V, q.device)
-    _h_scan_kernel[(V // BV, N)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
-                                 HAS_S0=S0 is not None, PREC=_prec(q), num_warps=4)
+    _scan_kernel[(V // BV, N)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
+                               REVERSE=False, HAS_INIT=S0 is not None, STORE_LAST=True, PREC=_prec(q), num_warps=4)
     o = torch.empty_like(v)
     BVo = min(V, 64)
     _o_kernel[(NC, V // BVo, N)](q, k, v, b, h, o, T, NC, C=C, K=K, V=V, BV=BVo, PREC=_prec(q), num_warps=4)
@@ -192,8 +172,9 @@ def _backward(q, k, v, b, h, do, dS_T, has_S0: bool, C: int):
     dS_0 = torch.empty(N, K, V, device=q.device, dtype=torch.float32) if has_S0 else None
     BV = _scan_block(N, V, q.device)
     anything = dS_0 if dS_0 is not None else dh  # a valid pointer where the kernel reads or writes nothing
-    _dh_scan_kernel[(V // BV, N)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K,
-                                  V=V, BV=BV, HAS_DST=dS_T is not None, HAS_S0=has_S0, PREC=_prec(q), num_warps=4)
+    _scan_kernel[(V // BV, N)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K, V=V,
+                               BV=BV, REVERSE=True, HAS_INIT=dS_T is not None, STORE_LAST=has_S0, PREC=_prec(q),
+                               num_warps=4)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dG = torch.empty(N, T, device=q.device, dtype=torch.float32)
     _grads_kernel[(NC, N)](q, k, v, b, h, do, dh, dq, dk, dv, dG, T, NC, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
