@@ -5,7 +5,8 @@
 The scan is sequential over a call's gate intervals and runs one program per (batch, head), so its time per
 interval is latency: what matters is how long one program takes to evaluate the gates at a boundary and
 advance the state through the interval. Variants: warps per program (4, 8); the state advance in IEEE
-float32 or TF32 products. Each is checked against the PyTorch reference (gate_scan_naive) on the same inputs.
+float32 or TF32 products. Each is checked against the PyTorch reference (gate_scan_naive) on the same
+inputs: every segment's gates and boundary statistics and the final gates.
 Shapes are Phase 2 `small`'s: 4 heads x 64, gate interval 64.
 """
 
@@ -63,8 +64,10 @@ def main():
             ms = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
             row = {"B": B, "T": T, "num_warps": warps, "precision": prec, "ms": ms,
                    "us_per_interval": ms * 1e3 / triton.cdiv(T, INTERVAL),
-                   "rel_err": {n: rel(getattr(got, n)[:, :, 1:], getattr(ref, n)[:, :, 1:])
-                               for n in ("gamma", "eta", "key", "snr", "energy")}}
+                   "rel_err": {**{n: rel(getattr(got, n), getattr(ref, n))
+                                  for n in ("gamma", "eta", "key", "snr", "energy", "share", "end_energy")},
+                               **{f"final_{n}": rel(getattr(got.final, n), getattr(ref.final, n))
+                                  for n in ("gamma", "eta", "key", "lyapunov", "last_energy")}}}
             result["rows"].append(row)
             print(f"B={B} T={T} warps={warps} {prec}: {ms:8.3f} ms "
                   f"({row['us_per_interval']:6.1f} us/interval)  max rel err {max(row['rel_err'].values()):.1e}",

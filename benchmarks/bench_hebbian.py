@@ -4,15 +4,16 @@
     (fla comes from a wheel: pip install --no-deps fla-core into a folder on PYTHONPATH)
 
 The same operation three ways, bf16, 4 heads x 64, 65,536 tokens per call (batch = 65536 / T):
-  ours   phase2.ops.hebbian, chunk 64: four Triton kernels (state scan, output; state-gradient scan,
-         gradients), the log-decay gradient a reverse cumulative sum
+  ours   phase2.ops.hebbian, chunk 64: Triton kernels (a state scan and the output forward; the scan reversed
+         for the state gradients and the gradient step backward), the log-decay gradient a reverse
+         cumulative sum
   fla    chunk_simple_gla(q, k, v, g, scale=1): data-dependent scalar decay, the same recurrence
   sdpa   F.scaled_dot_product_attention(causal): what the memory replaces
 Times are medians of triton.testing.do_bench; forward + backward means gradients to q, k, v and the
 log-decay g (SDPA: q, k, v).
 
 Before any timing, on this GPU (Triton 3.4 to 3.7.0 miscompiles some backward kernels on Hopper, so
-interpreter tests are not enough): our four kernels in float32 against the token-by-token recurrence
+interpreter tests are not enough): our kernels in float32 against the token-by-token recurrence
 (outputs, final state, every gradient, with an initial state); bf16 against float32; the gate-scan kernel
 against its PyTorch reference; fla's outputs and gradients against the same recurrence. fla refuses its
 gated backward on Hopper with Triton < 3.7.1 (fla issue #640); the benchmark lifts that guard to time it and
@@ -167,6 +168,8 @@ def main():
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--rep-ms", type=int, default=200)
     p.add_argument("--no-fla", action="store_true", help="skip fla (its first calls autotune for minutes)")
+    p.add_argument("--repeat", type=int, default=1, help="time every op this many times per length (interleaved); "
+                   "the row keeps each op's median and all repeats")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_hebbian needs a CUDA GPU (the CPU tests cover correctness)")
@@ -198,12 +201,18 @@ def main():
         candidates = [("ours", ours, (0, 1, 2, 3)), ("sdpa", sdpa, (0, 1, 2))]
         if chunk_simple_gla is not None:
             candidates.append(("fla", fla_fn(chunk_simple_gla), (0, 1, 2, 3)))
-        for name, fn, grad_idx in candidates:
-            data = to_fla(q, k, v, g) if name == "fla" else (q, k, v, g)
-            start = time.time()
-            row[name] = time_fwd_bwd(fn, data, grad_idx, args.rep_ms)
-            print(f"T={T} {name}: fwd {row[name][0]:.3f} ms, fwd+bwd {row[name][1]:.3f} ms "
-                  f"({time.time() - start:.0f} s)", flush=True)
+        times = {name: [] for name, _, _ in candidates}
+        for _ in range(args.repeat):
+            for name, fn, grad_idx in candidates:
+                data = to_fla(q, k, v, g) if name == "fla" else (q, k, v, g)
+                start = time.time()
+                times[name].append(time_fwd_bwd(fn, data, grad_idx, args.rep_ms))
+                print(f"T={T} {name}: fwd {times[name][-1][0]:.3f} ms, fwd+bwd {times[name][-1][1]:.3f} ms "
+                      f"({time.time() - start:.0f} s)", flush=True)
+        for name, runs in times.items():
+            row[name] = [sorted(r[i] for r in runs)[len(runs) // 2] for i in (0, 1)]  # median over repeats
+            if args.repeat > 1:
+                row[f"{name}_repeats"] = runs
         for other in ("fla", "sdpa"):
             if other in row:
                 row[f"ours_over_{other}"] = [row["ours"][i] / row[other][i] for i in (0, 1)]

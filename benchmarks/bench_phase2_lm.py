@@ -56,11 +56,21 @@ def matched_ffn_dim(n_seq: int) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- quality
+def use_gate_scan(spec: str | None) -> None:
+    """Set the gate-scan kernel variant ("WARPS,PRECISION") in this process; None keeps the default."""
+    if spec:
+        from phase2.ops.memory_gates import triton as gate_kernel
+
+        warps, precision = spec.split(",")
+        gate_kernel.CONFIG = gate_kernel.GateScanConfig(int(warps), precision)
+
+
 def quality_run(job: dict) -> dict:
     from common.config import compose
     from phase2.train import train
 
     torch.set_num_threads(2)
+    use_gate_scan(job["gate_scan"])
     overrides = [*job["model"], *job["data"], f"seed={job['seed']}", f"seq_len={job['seq_len']}",
                  f"batch_size={job['batch']}", f"loop.max_steps={job['steps']}", f"loop.eval_every={job['steps']}",
                  "loop.ckpt_every=0", "loop.log_every=50", "loop.progress=false", "logger=none",
@@ -211,11 +221,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_lm.json"))
     args = p.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
-    if args.gate_scan:
-        from phase2.ops.memory_gates import triton as gate_kernel
-
-        warps, precision = args.gate_scan.split(",")
-        gate_kernel.CONFIG = gate_kernel.GateScanConfig(int(warps), precision)
+    use_gate_scan(args.gate_scan)
 
     ffn, p2_params, tf_params = matched_ffn_dim(args.seq_len)
     result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -249,7 +255,7 @@ def main() -> None:
         root = Path(tempfile.mkdtemp())
         jobs = [dict(name=name, model=m, data=data, seed=int(s), seq_len=args.seq_len, batch=args.batch,
                      steps=args.steps, lr=args.lr, warmup=args.warmup, precision=args.precision,
-                     ckpt=str(root / f"{name}_{s}"))
+                     ckpt=str(root / f"{name}_{s}"), gate_scan=args.gate_scan)
                 for s in args.seeds.split(",") for name, m in models.items()]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             result["quality"] = pool.map(quality_run, jobs)

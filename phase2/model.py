@@ -176,6 +176,9 @@ class Phase2IntegratedModel(nn.Module):
                 later(d["num_resonant_modes"].mean(), res, "num_resonant_modes")
                 later(d["total_resonance_energy"].mean(), res, "total_resonance_energy")
             out["resonance_info"].append(res)
+            if "energy" not in d:  # an empty call: no segment, nothing to measure
+                out["stability_metrics"].append({})
+                continue
             e, de = d["energy"].mean((0, 1)), d["dE_dt"]
             stab = {"energy": e, "dE_dt": de.mean((0, 1))}
             if de.numel():
@@ -196,7 +199,7 @@ class Phase2IntegratedModel(nn.Module):
         return out
 
     def _warn_once(self, out: dict) -> None:
-        worst = max(out["overdamping_ratio"])
+        worst = max((r for r in out["overdamping_ratio"] if r is not None), default=0.0)
         if worst > OVERDAMPED_RATIO and "overdamped" not in self._warned:
             self._warned.add("overdamped")
             warnings.warn(f"Overdamped system detected: Gamma/|V| = {worst:.2f} (> {OVERDAMPED_RATIO}); reduce "

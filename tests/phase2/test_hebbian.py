@@ -133,10 +133,12 @@ assert INTERPRETED
 def rel(x, ref):
     return ((x - ref).norm() / ref.norm()).item()
 
-# the four kernels (h scan, output, dh scan, gradients) against the recurrence: odd lengths (one chunk, a
-# partial last chunk, many chunks), with and without an initial state and a gradient on the final state
-for T, C, K, V, with_S0, with_dS in [(1, 16, 16, 32, True, True), (63, 16, 16, 32, True, False),
-                                     (500, 16, 32, 16, False, True), (130, 64, 64, 64, True, True)]:
+# the kernels (the state scan both ways, output, gradients) against the recurrence: odd lengths (one chunk, a
+# partial last chunk, many chunks), with and without an initial state, with a gradient on the outputs, on the
+# final state or on both, and V = 128 (the scan in two column blocks)
+for T, C, K, V, with_S0, with_do, with_dS in [(1, 16, 16, 32, True, True, True), (63, 16, 16, 32, True, True, False),
+                                              (500, 16, 32, 16, False, True, True), (130, 64, 64, 64, True, True, True),
+                                              (40, 16, 16, 128, True, True, True), (33, 16, 16, 16, True, False, True)]:
     gen = torch.Generator().manual_seed(T)
     q, k = (torch.randn(2, 3, T, K, generator=gen) for _ in range(2))
     v = torch.randn(2, 3, T, V, generator=gen)
@@ -147,12 +149,13 @@ for T, C, K, V, with_S0, with_dS in [(1, 16, 16, 32, True, True), (63, 16, 16, 3
     res = []
     for mode in ("chunk", "recurrent"):
         o, S = hebbian_memory(q, k, v, g, S0, C, mode, impl="triton")
-        loss = (o * w).sum() + (S.square().sum() if with_dS else 0.0)
-        res.append((o, S, torch.autograd.grad(loss, leaves)))
+        loss = ((o * w).sum() if with_do else 0.0) + (S.square().sum() if with_dS else 0.0)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)  # q is unused when only S is scored
+        res.append((o, S, [torch.zeros_like(x) if d is None else d for x, d in zip(leaves, grads)]))
     (o1, s1, g1), (o2, s2, g2) = res
     assert rel(o1, o2) < 1e-5 and rel(s1, s2) < 1e-5, (T, rel(o1, o2), rel(s1, s2))
     for name, a, r in zip("qkvgS", g1, g2):
-        assert rel(a, r) < 1e-5, (name, T, rel(a, r))
+        assert (a - r).norm() <= 1e-5 * r.norm(), (name, T, (a - r).norm(), r.norm())
 
 # half-precision products, float32 state: close to the float32 recurrence (float16 here: the interpreter
 # mishandles bfloat16 casts; bfloat16 is checked on the GPU by benchmarks/bench_hebbian.py)

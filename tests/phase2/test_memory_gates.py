@@ -85,9 +85,11 @@ def rel(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 # (B, H, T, K, V, interval, pos0, resonance): several segments per call, a call that starts inside an
-# interval (carrying gates in), an interval longer than a kernel tile, a call shorter than an interval
+# interval (carrying gates in), an interval longer than a kernel tile, a call shorter than an interval, a
+# call that starts on a later boundary with a full memory and a Lyapunov multiplier carried in
 for B, H, T, K, V, G, pos0, res in [(2, 3, 41, 16, 16, 6, 0, True), (2, 2, 100, 32, 16, 16, 5, True),
-                                    (1, 2, 200, 16, 32, 96, 64, False), (1, 1, 20, 16, 16, 32, 3, True)]:
+                                    (1, 2, 200, 16, 32, 96, 64, False), (1, 1, 20, 16, 16, 32, 3, True),
+                                    (2, 2, 50, 16, 16, 16, 32, True)]:
     gen = torch.Generator().manual_seed(T)
     k = torch.nn.functional.normalize(torch.randn(B, H, T, K, generator=gen), dim=-1)
     v = torch.randn(B, H, T, V, generator=gen)

@@ -12,8 +12,9 @@ Shapes:
     o:    (B, H, T, V) in q's dtype;  S: (B, H, K, V) final state in float32 (float64 for float64 inputs)
 
 mode="chunk": the parallel form for training (phase2/ops/hebbian/chunk.py); chunk_size changes the work
-split, not the result. On CUDA it runs as four Triton kernels (triton.py) when chunk_size, K and V are
-powers of two in 16..128 (impl="auto"), else in PyTorch (impl="torch"). mode="recurrent": one step per
+split, not the result. On CUDA it runs as Triton kernels (triton.py: a state scan run both ways, the output
+and the gradient steps) when chunk_size, K and V are powers of two in 16..128 (impl="auto"), else in PyTorch
+(impl="torch"). mode="recurrent": one step per
 token (naive.py), the streaming form. The two agree to float32 rounding. It is the same operation as
 flash-linear-attention's chunk_simple_gla with scale 1, in layout (B, H, T, K).
 """

@@ -95,6 +95,7 @@ def boundary_gates(S: torch.Tensor, prev: Gates, modes: torch.Tensor, p: GatePar
     share = (modes.T @ S).square().sum(-1) / (E[..., None] + TINY)  # (B, H, K)
     thr = p.resonance_threshold
     key = torch.sigmoid((share - thr) / (0.1 * thr)) * occupied[..., None] if p.resonance else prev.key
+    # (with resonance on the weights follow the state even where rho is None: the kernel does the same)
     gates = Gates((1 + (p.gamma_boost - 1) * low) * lyapunov, 1 + (p.eta_boost - 1) * high, key, lyapunov, E)
     return gates, dict(snr=snr, energy=E, share=share)
 
@@ -132,9 +133,22 @@ def gate_scan_naive(k, v, gamma, S0, gates: Gates, modes, rho, p: GateParams, po
         _, S = hebbian_memory(ks, ks, v[:, :, sl].float(), g, S, chunk_size=64, mode="chunk", impl="torch")
         rows.append((gates, stats, S.square().sum((-2, -1))))
         t0 += n
-    nan = torch.full_like(S0[..., 0, 0], float("nan"), dtype=torch.float32)
-    pick = lambda key, fill: torch.stack([r[1][key] if r[1] else fill for r in rows], 2)  # noqa: E731
-    return GateTrace(gamma=torch.stack([r[0].gamma for r in rows], -1), eta=torch.stack([r[0].eta for r in rows], -1),
-                     key=torch.stack([r[0].key for r in rows], 2), snr=pick("snr", nan), energy=pick("energy", nan),
-                     share=pick("share", nan[..., None].expand(*nan.shape, k.shape[-1])),
-                     end_energy=torch.stack([r[2] for r in rows], -1), final=gates, opens_at_boundary=opens)
+    return trace_of(rows, gates, opens, k.shape[-1])
+
+
+def trace_of(rows, final: Gates, opens: bool, K: int) -> GateTrace:
+    """A GateTrace from per-segment rows (gates in force, boundary statistics or None, energy at the end)."""
+    nan = torch.full_like(final.gamma, float("nan"))  # statistics of a segment no boundary opens
+    B, H = nan.shape
+
+    def stack(xs, extra=()):
+        return torch.stack(xs, 2) if xs else nan.new_zeros(B, H, 0, *extra)
+
+    def pick(key, fill):
+        return [r[1][key] if r[1] else fill for r in rows]
+
+    return GateTrace(gamma=stack([r[0].gamma for r in rows]), eta=stack([r[0].eta for r in rows]),
+                     key=stack([r[0].key for r in rows], (K,)), snr=stack(pick("snr", nan)),
+                     energy=stack(pick("energy", nan)),
+                     share=stack(pick("share", nan[..., None].expand(B, H, K)), (K,)),
+                     end_energy=stack([r[2] for r in rows]), final=final, opens_at_boundary=opens)

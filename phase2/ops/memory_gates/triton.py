@@ -10,7 +10,9 @@ in the mode basis (k~ = k U, one parallel product before the scan) a tile of BT 
 (b the tile's cumulative log-decay -gamma * gamma_gate, L its last value): one product per tile and none at
 a boundary, so the sequential part is as short as it can be. Products are IEEE float32 by default: the
 gates are sigmoids of state statistics and must agree with the PyTorch rule, which the token-by-token stream
-uses. No dot result is ever transposed (see the Hebbian kernels' note on Triton and Hopper).
+uses. The scan advances its own float32 copy of the state from the unrounded keys; where the memory op runs
+in bfloat16 (under autocast), the two states, and so the gates' inputs, differ at bfloat16's precision.
+No dot result is ever transposed (see the Hebbian kernels' note on Triton and Hopper).
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def gate_scan_triton(k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, pr
             out["share"], out["end_energy"], lyapunov, last_energy,
             T, NS, lengths[0], p.interval, 0 if opens else 1, V ** -0.5, p.eta, p.snr_threshold, p.gamma_boost,
             p.eta_boost, p.adjust_rate, p.resonance_threshold, K=K, V=V, BT=BT,
-            RESONANCE=p.resonance and rho is not None, ITERS=POWER_ITERATIONS, TINY_=TINY, PREC=precision,
+            RESONANCE=p.resonance, ITERS=POWER_ITERATIONS, TINY_=TINY, PREC=precision,
             num_warps=num_warps)
     else:
         lyapunov, last_energy = rows(gates.lyapunov), rows(gates.last_energy)
