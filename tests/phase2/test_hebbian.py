@@ -5,7 +5,7 @@ import torch
 
 from phase2.config import Phase2Config
 from phase2.memory import HebbianMemory, MemoryState
-from phase2.ops.hebbian import hebbian_memory
+from phase2.ops.hebbian import hebbian_memory, kernels_fit
 
 
 def _rel(x, ref):
@@ -73,6 +73,15 @@ def test_bad_shapes():
         hebbian_memory(q, k, v, g, S0[:1])
     with pytest.raises(ValueError, match="mode"):
         hebbian_memory(q, k, v, g, mode="fast")
+    with pytest.raises(ValueError, match="powers of two in 16..128"):  # K = 8: no kernel takes it
+        hebbian_memory(q.float(), k.float(), v.float(), g.float(), chunk_size=16, impl="triton")
+
+
+def test_kernels_fit():
+    q, v = torch.zeros(2, 4, 10, 64), torch.zeros(2, 4, 10, 32)
+    assert kernels_fit(q, v, 64) and not kernels_fit(q, v, 256) and not kernels_fit(q, v, 8)
+    assert not kernels_fit(q.double(), v.double(), 64)
+    assert not kernels_fit(torch.zeros(1, 65536, 1, 64), torch.zeros(1, 65536, 1, 32), 64)  # CUDA's grid limit
 
 
 # ------------------------------------------------------------------------------- the gated memory layer

@@ -53,7 +53,7 @@ def _scan_kernel(x_ptr, y_ptr, b_ptr, h_ptr, init_ptr, last_ptr, T, NC, C: tl.co
                  STORE_LAST: tl.constexpr, PREC: tl.constexpr):
     # forward (the h scan):  x = k, y = v,  S(c+1) = e^{L} S(c) + (k e^{L - b})^T v,  h[c] = S(c)
     # REVERSE (the dh scan): x = q, y = do, dS(c) = e^{L} dS(c+1) + (q e^{b})^T do,  h[c] = dS(c+1)
-    n, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)  # rows first: grid dim 0 takes 2^31 - 1
+    i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
     rv = i_v * BV + tl.arange(0, BV)
     kv = rk[:, None] * V + rv[None, :]
@@ -79,7 +79,7 @@ def _scan_kernel(x_ptr, y_ptr, b_ptr, h_ptr, init_ptr, last_ptr, T, NC, C: tl.co
 @triton.jit
 def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
               V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    n, c, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    c, i_v, n = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
     rv = i_v * BV + tl.arange(0, BV)
     t = c * C + rc
@@ -99,7 +99,7 @@ def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, 
 @triton.jit
 def _grads_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, do_ptr, dh_ptr, dq_ptr, dk_ptr, dv_ptr, dG_ptr, T, NC,
                   C: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
-    n, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    c, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk, rv = tl.arange(0, C), tl.arange(0, K), tl.arange(0, V)
     t = c * C + rc
     inside = t < T
@@ -156,11 +156,11 @@ def _forward(q, k, v, b, S0, C: int):
     h = q.new_empty(N, NC, K, V)  # states entering each chunk, in the products' dtype
     S_T = torch.empty(N, K, V, device=q.device, dtype=torch.float32)
     BV = _scan_block(N, V, q.device)
-    _scan_kernel[(N, V // BV)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
+    _scan_kernel[(V // BV, N)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
                                REVERSE=False, HAS_INIT=S0 is not None, STORE_LAST=True, PREC=_prec(q), num_warps=4)
     o = torch.empty_like(v)
     BVo = min(V, 64)
-    _o_kernel[(N, NC, V // BVo)](q, k, v, b, h, o, T, NC, C=C, K=K, V=V, BV=BVo, PREC=_prec(q), num_warps=4)
+    _o_kernel[(NC, V // BVo, N)](q, k, v, b, h, o, T, NC, C=C, K=K, V=V, BV=BVo, PREC=_prec(q), num_warps=4)
     return o, h, S_T
 
 
@@ -173,12 +173,12 @@ def _backward(q, k, v, b, h, do, dS_T, has_S0: bool, C: int):
     dS_0 = torch.empty(N, K, V, device=q.device, dtype=torch.float32) if has_S0 else None
     BV = _scan_block(N, V, q.device)
     anything = dS_0 if dS_0 is not None else dh  # a valid pointer where the kernel reads or writes nothing
-    _scan_kernel[(N, V // BV)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K, V=V,
+    _scan_kernel[(V // BV, N)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K, V=V,
                                BV=BV, REVERSE=True, HAS_INIT=dS_T is not None, STORE_LAST=has_S0, PREC=_prec(q),
                                num_warps=4)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dG = torch.empty(N, T, device=q.device, dtype=torch.float32)
-    _grads_kernel[(N, NC)](q, k, v, b, h, do, dh, dq, dk, dv, dG, T, NC, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
+    _grads_kernel[(NC, N)](q, k, v, b, h, do, dh, dq, dk, dv, dG, T, NC, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)
     return dq, dk, dv, dG, dS_0
 
 
