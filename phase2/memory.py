@@ -133,12 +133,13 @@ class HebbianMemory(nn.Module):
             if j > 0 or opens:
                 gates, stats = boundary_gates(S, gates, self.modes, p)
             sl = slice(t0, t0 + n)
-            ks, g = apply_gates(k[:, :, sl], gamma_dt[:, :, sl], hold(gates.gamma, n), hold(gates.eta, n),
-                                hold(gates.key, n), self.modes, self.rho, p)
+            gamma_gate = hold(gates.gamma, n)
+            ks, g = apply_gates(k[:, :, sl], gamma_dt[:, :, sl], gamma_gate, hold(gates.eta, n), hold(gates.key, n),
+                                self.modes, self.rho, p)
             o, S = hebbian_memory(q[:, :, sl].to(mm), ks.to(mm), v[:, :, sl].to(mm), g, S, c.chunk_size, mode,
                                   self.impl)
             outs.append(o)
-            per_token.append(hold(gates.gamma, n))
+            per_token.append(gamma_gate)
             rows.append((gates, stats, S.detach().square().sum((-2, -1))))
             t0 += n
         if not outs:  # an empty call: nothing happens

@@ -14,9 +14,9 @@ Shapes:
 mode="chunk": the parallel form for training (phase2/ops/hebbian/chunk.py); chunk_size changes the work
 split, not the result. On CUDA it runs as Triton kernels (triton.py: a state scan run both ways, the output
 and the gradient steps) when chunk_size, K and V are powers of two in 16..128 (impl="auto"), else in PyTorch
-(impl="torch"). mode="recurrent": one step per
-token (naive.py), the streaming form. The two agree to float32 rounding. It is the same operation as
-flash-linear-attention's chunk_simple_gla with scale 1, in layout (B, H, T, K).
+(impl="torch"). mode="recurrent": one step per token (naive.py), the streaming form. The two agree to float32
+rounding. It is the same operation as flash-linear-attention's chunk_simple_gla with scale 1, in layout
+(B, H, T, K).
 """
 
 from __future__ import annotations
