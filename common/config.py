@@ -89,9 +89,18 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
             NonFiniteLossError)
 
 
+def _is_group_selection(name: str, key: str) -> bool:
+    """`optim=balanced`, `hydra/launcher=slurm`, `debug=overfit`: the key names a config group (a folder)."""
+    folder, _ = config_location(name)
+    return "/" in key or "@" in key or any((root / key).is_dir() for root in (folder, CONFIG_DIR))
+
+
 def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:
     """Compose `name` with the command line's overrides and check each value override against the type of the
-    value it replaces (a number stays a number, a flag a flag). Raises UserError with a one-line message."""
+    value it replaces (a number stays a number, a flag a flag). Raises UserError with a one-line message.
+
+    The value an override replaces is read from the config composed with the command line's group selections
+    alone, so a key that exists only under a chosen option (`optim=balanced optim.gamma=0.003`) is known."""
     from hydra.errors import HydraException
 
     try:
@@ -107,14 +116,16 @@ def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:
         elif len(lines) > 1 and lines[0].startswith("Could not override"):
             message += " " + lines[1]  # Hydra's hint, e.g. "To append to your config use +foo=1"
         raise UserError(message) from None
-    for i, override in enumerate(overrides):
-        key, _, _ = override.partition("=")
-        key = key.lstrip("+~")
-        if "/" in key or "@" in key:
-            continue  # a config group selection
-        before = OmegaConf.select(compose(name, [*overrides[:i], *overrides[i + 1 :]]), key, default=None)
+    keys = [override.partition("=")[0] for override in overrides]
+    selections = [o for o, key in zip(overrides, keys) if _is_group_selection(name, key.lstrip("+~"))]
+    defaults = compose(name, selections)
+    for override, key in zip(overrides, keys):
+        if override in selections or key.startswith("~") or (key.startswith("+") and not key.startswith("++")):
+            continue  # a group, a deletion, or a new key
+        key = key.lstrip("+")
+        before = OmegaConf.select(defaults, key, default=None)
         if before is None or OmegaConf.is_config(before):
-            continue  # a new key, a null default, or a group
+            continue  # a null default, or a whole node
         _check_type(key, before, OmegaConf.select(cfg, key))
     return cfg
 
@@ -143,6 +154,7 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], None]:
         import hydra
+        from hydra._internal.utils import get_args_parser
 
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> Any:
@@ -159,10 +171,11 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                 sys.argv.append("hydra.output_subdir=null")
                 if not any(a.startswith("hydra.run.dir=") for a in sys.argv):
                     sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='hydra-rank')}")
-            overrides = sys.argv[1:]
-            if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--multirun, --cfg) pass as is
+            args = get_args_parser().parse_intermixed_args(sys.argv[1:])  # Hydra's own flags and overrides
+            # a multirun's overrides are sweeps (lmbda=0.1,0.2) and another primary config has other keys
+            if not (args.multirun or args.config_name or args.config_path or args.config_dir):
                 try:
-                    check_overrides(name, overrides)
+                    check_overrides(name, args.overrides)
                 except _user_error_types() as err:
                     _exit_with(err)
             hydra_entry()
