@@ -1,33 +1,37 @@
-"""The Phase 1 experiment at small scale: HPCM trained with Adam and with Balanced R-D at several lambdas for
-the same steps on the same photos, evaluated on held-out photos with real bitstreams; BD-rate of Balanced vs
-Adam with a per-image bootstrap interval, the quality overlap of the two curves, the R-D plot, and the
-training-step time of each optimizer (ratios against Adam from the same run). With --warm-start N both
-optimizers continue, per lambda, from the same codec trained N steps with Adam.
+"""The Phase 1 experiment: HPCM trained with Adam and with Balanced R-D at several lambdas for the same steps on
+the same photos, each run a real `python -m phase1.train` command line (the user's path); then every last
+checkpoint coded to real bytes on the test photos; BD-rate of Balanced vs Adam with a paired per-image bootstrap,
+the quality overlap of the two curves and the R-D plot.
 
-    python benchmarks/bench_phase1_rd.py --out benchmarks/results/phase1_rd.json [--data-root DIR] [--parallel N]
+    python benchmarks/bench_phase1_rd.py --model hpcm_base --steps 2000 --parallel 10 \
+        --work outputs/rd_base --deadline 540 --out benchmarks/results/phase1_rd_base.json
 
-Every run goes through phase1.train.train(cfg) (logger=none) and phase1.evaluate, as a user's would. The
-step times are measured first, alone on the device; the R-D runs may then go in N parallel processes (small
-models leave a GPU mostly idle between kernel launches; results do not depend on timing).
+Runs live in --work (one folder each). With --deadline the runs still going at that many seconds get SIGTERM,
+checkpoint and stop; the script then exits with status 3 and running it again with the same --work resumes
+each from its last checkpoint, so a long experiment fits commands of limited length. With --warm-start N both
+optimizers continue, per lambda, from the same codec trained N steps with Adam. Extra Hydra overrides for
+every run follow `--`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import tempfile
+import os
+import signal
+import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
-from common.config import compose
+from common.checkpoint import load_checkpoint
 from phase1 import rd
 from phase1.data import image_paths
 from phase1.evaluate import operating_point
-from phase1.train import train
+
+INCOMPLETE = 3  # exit status: runs are left to resume
 
 
 def data_overrides(args) -> list[str]:
@@ -38,126 +42,121 @@ def data_overrides(args) -> list[str]:
     return ["data=builtin"]
 
 
-def train_run(optim: str, lmbda: float, args, ckpt_dir: Path, steps: int, init_from: Path | None = None):
+def run_overrides(optim: str, lmbda: float, steps: int, folder: Path, args, init_from: Path | None) -> list[str]:
     overrides = [f"model={args.model}", f"optim={optim}", f"lmbda={lmbda}", *data_overrides(args),
-                 f"data.patch_size={args.patch}", f"data.batch_size={args.batch}", f"loop.max_steps={steps}",
-                 f"loop.eval_every={steps}", "loop.ckpt_every=0", "loop.log_every=50",
-                 f"loop.progress={args.progress}",
-                 "eval.real_bitstreams=false", "logger=none", f"checkpoint.dir={ckpt_dir}", f"device={args.device}",
-                 f"optim.lr={args.lr}", f"hydra.run.dir={ckpt_dir}"]
-    if init_from:
+                 f"loop.max_steps={steps}", "loop.progress=false", f"rd_set={args.rd_set}",
+                 f"checkpoint.dir={folder}", "checkpoint.keep_last=1", f"hydra.run.dir={folder}",
+                 f"device={args.device}", *args.overrides]
+    if init_from is not None:
         overrides.append(f"init_from={init_from}")
-    start = time.perf_counter()
-    summary = train(compose("phase1", overrides))
-    return summary, time.perf_counter() - start
+    if (folder / "last.pt").is_file():
+        overrides.append(f"resume={folder / 'last.pt'}")
+    return overrides
 
 
-def run_point(optim: str, lmbda: float, args, folder: Path) -> dict:
-    ckpt_dir = folder / f"{optim}_{lmbda}"
-    warm = folder / f"warm_{lmbda}" / "last.pt" if args.warm_start else None
-    summary, seconds = train_run(optim, lmbda, args, ckpt_dir, args.steps, init_from=warm)
-    test = image_paths("folder", args.data_root, "test") if args.data_root else image_paths("builtin", None, "test")
-    point = operating_point(ckpt_dir / "last.pt", test, torch.device(args.device))
-    point.update(optim=optim, lmbda=lmbda, train_seconds=seconds, skipped_steps=summary["skipped_steps"])
-    print(f"{optim:>9} lambda={lmbda:<8} bpp={point['bpp']:.4f} (estimate {point['bpp_estimate']:.4f}) "
-          f"PSNR={point['psnr']:.2f} dB  train {seconds:.0f} s", flush=True)
-    return point
+def finished(folder: Path, steps: int) -> bool:
+    return (folder / "last.pt").is_file() and int(load_checkpoint(folder / "last.pt")["global_step"]) >= steps
 
 
-def run_job(job: tuple):
-    kind, optim, lmbda, args, folder = job
-    if args.parallel > 1:
-        torch.set_num_threads(1)  # N processes share the host's cores
-    if kind == "warm":  # the shared start of both optimizers at this lambda: Adam for --warm-start steps
-        train_run("adam", lmbda, args, folder / f"warm_{lmbda}", args.warm_start)
-        return lmbda
-    return run_point(optim, lmbda, args, folder)
+class Runs:
+    """Runs as `python -m phase1.train` processes, at most `parallel` at a time, stopped at a deadline."""
+
+    def __init__(self, parallel: int, deadline: float | None):
+        self.parallel, self.deadline = parallel, deadline
+
+    def run(self, jobs: list[tuple[str, list[str], Path]]) -> list[str]:
+        """jobs: (name, overrides, folder); returns the names of runs that did not finish."""
+        pending, running, failed, stopping = list(jobs), {}, [], False
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+        while pending or running:
+            while pending and len(running) < self.parallel and not self._late():
+                name, overrides, folder = pending.pop(0)
+                folder.mkdir(parents=True, exist_ok=True)
+                log = open(folder / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+                proc = subprocess.Popen([sys.executable, "-m", "phase1.train", *overrides], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+                running[name] = (proc, log)
+                print(f"started {name}: {' '.join(overrides)}", flush=True)
+            if self._late() and not stopping:
+                for proc, _ in running.values():
+                    proc.send_signal(signal.SIGTERM)  # once: the loop checkpoints and returns (twice kills)
+                pending.clear()
+                stopping = True
+            time.sleep(2)
+            for name, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del running[name]
+                    if proc.returncode != 0:
+                        failed.append(name)
+                    print(f"{name} ended with status {proc.returncode}", flush=True)
+        return failed
+
+    def _late(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
 
 
-def step_time(optim_overrides: list[str], args) -> float:
-    """Median seconds per training step over a short run (after warm-up), same model and batch."""
-    times = []
-
-    def on_log(step, point):
-        times.append(time.perf_counter())
-
-    data = data_overrides(args)
-    cfg = compose("phase1", [f"model={args.model}", *optim_overrides, *data, f"data.patch_size={args.patch}",
-                             f"data.batch_size={args.batch}", "loop.max_steps=60", "loop.log_every=1",
-                             "loop.eval_every=1000", "loop.progress=false", "logger=none", f"device={args.device}",
-                             f"checkpoint.dir={tempfile.mkdtemp()}", "eval.real_bitstreams=false"])
-    train(cfg, on_log=on_log)
-    gaps = sorted(b - a for a, b in zip(times[10:-2], times[11:-1]))  # training steps only, after warm-up
-    return gaps[len(gaps) // 2]
-
-
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--adam-lambdas", default="0.0018,0.0035,0.0067,0.013,0.025")
-    p.add_argument("--balanced-lambdas", default="0.0018,0.0035,0.0067,0.013,0.025")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--adam-lambdas", default="0.0018,0.0035,0.0067,0.013,0.0483")
+    p.add_argument("--balanced-lambdas", default="0.0018,0.0035,0.0067,0.013,0.0483")
     p.add_argument("--data-root", default=None, help="folder with train/ and test/ (default: built-in photos)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=5e-4, help="both optimizers (HPCM's is 1e-4 for its long runs)")
-    p.add_argument("--parallel", type=int, default=1, help="R-D runs at once (processes on one device)")
-    p.add_argument("--skip-step-time", action="store_true")
-    p.add_argument("--progress", action="store_true", help="a progress bar per run (on stderr)")
-    p.add_argument("--reuse", type=Path, default=None,
-                   help="an earlier result file of the same settings: its finished points are kept, not rerun")
-    p.add_argument("--warm-start", type=int, default=500,
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (processes on one device)")
+    p.add_argument("--warm-start", type=int, default=0,
                    help="first train Adam this many steps per lambda; both optimizers then start from it")
+    p.add_argument("--work", type=Path, default=Path("outputs/bench_phase1_rd"), help="run folders (resumable)")
+    p.add_argument("--deadline", type=float, default=None, help="seconds from now after which runs are stopped")
+    p.add_argument("--rd-set", default="bench", help="the runs' rd_set tag")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = p.parse_args()
+    deadline = time.time() + args.deadline if args.deadline else None
+    runs = Runs(args.parallel, deadline)
+    folders = {(o, float(lmbda)): args.work / f"{o}_{lmbda}" for o, lambdas in
+               (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)) for lmbda in lambdas.split(",")}
 
-    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.skip_step_time:
-        ratios = {"adam": step_time(["optim=adam"], args),
-                  "balanced_second_forward": step_time(["optim=balanced"], args),
-                  "balanced_next_step": step_time(["optim=balanced", "optim.task_weight_update=next_step"], args)}
-        result["step_seconds"] = ratios
-        result["step_time_ratio_vs_adam"] = {k: v / ratios["adam"] for k, v in ratios.items()}
-        print("step time vs Adam:", result["step_time_ratio_vs_adam"], flush=True)
+    warm = {}
+    if args.warm_start:
+        for lmbda in sorted({lmbda for _, lmbda in folders}):
+            warm[lmbda] = args.work / f"warm_{lmbda}"
+        todo = [(f"warm_{lm}", run_overrides("adam", lm, args.warm_start, f, args, None), f)
+                for lm, f in warm.items() if not finished(f, args.warm_start)]
+        if runs.run(todo) or not all(finished(f, args.warm_start) for f in warm.values()):
+            print("warm starts unfinished: run the same command again to continue", flush=True)
+            return INCOMPLETE
+    todo = [(f"{o}_{lm}", run_overrides(o, lm, args.steps, f, args, warm[lm] / "last.pt" if warm else None), f)
+            for (o, lm), f in folders.items() if not finished(f, args.steps)]
+    failed = runs.run(todo)
+    unfinished = [f"{o}_{lm}" for (o, lm), f in folders.items() if not finished(f, args.steps)]
+    if unfinished:
+        print(f"unfinished: {unfinished} (failed: {failed}); run the same command again to continue", flush=True)
+        return INCOMPLETE
 
-    folder = Path(tempfile.mkdtemp())
-    jobs = [("point", optim, float(lmbda), args, folder) for optim, lambdas in
-            (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)) for lmbda in lambdas.split(",")]
+    test = image_paths("folder", args.data_root, "test") if args.data_root else image_paths("builtin", None, "test")
+    device = torch.device(args.device)
     curves = {"adam": [], "balanced": []}
-    if args.reuse:
-        earlier = json.loads(args.reuse.read_text())
-        same = ("steps", "batch", "patch", "lr", "model", "warm_start")
-        if any(earlier["config"].get(k, 0) != getattr(args, k) for k in same):
-            raise SystemExit(f"--reuse {args.reuse}: its {same} differ from this run's")
-        for optim in curves:
-            wanted = {float(x) for x in getattr(args, f"{optim}_lambdas").split(",")}
-            curves[optim] = [p for p in earlier.get(optim, []) if p["lmbda"] in wanted]
-        done = {(p["optim"], p["lmbda"]) for curve in curves.values() for p in curve}
-        jobs = [job for job in jobs if (job[1], job[2]) not in done]
-        result["reused_points"] = sorted(f"{o}@{lmbda}" for o, lmbda in done)
-    # not a multiprocessing.Pool: its daemonic workers may not start the data loader's worker processes
-    with ProcessPoolExecutor(max(1, args.parallel), mp_context=mp.get_context("spawn")) as pool:
-        if args.warm_start:
-            lambdas = sorted({job[2] for job in jobs})
-            list(pool.map(run_job, [("warm", "adam", lmbda, args, folder) for lmbda in lambdas]))
-        for done in as_completed([pool.submit(run_job, job) for job in jobs]):
-            point = done.result()
-            curves[point["optim"]].append(point)
-            result.update(curves)
-            args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
+    for (optim, lmbda), folder in folders.items():
+        point = operating_point(folder / "last.pt", test, device)
+        history = load_checkpoint(folder / "last.pt")["history"]
+        point.update(optim=optim, lmbda=lmbda, train_history=[
+            {k: v for k, v in h.items() if k in ("step", "train/psnr", "train/bpp_loss", "train/task_weight_distortion",
+                                                 "train/effective_lambda", "val/psnr", "val/bpp_real")}
+            for h in history])
+        curves[optim].append(point)
+        print(f"{optim:>9} lambda={lmbda:<8} bpp={point['bpp']:.4f} (estimate {point['bpp_estimate']:.4f}) "
+              f"PSNR={point['psnr']:.2f} dB", flush=True)
     for curve in curves.values():
-        curve.sort(key=lambda p: p["lmbda"])
-    result.update(curves)
-
+        curve.sort(key=lambda q: q["lmbda"])
+    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **curves}
     low, high, fraction = rd.quality_overlap(curves["adam"], curves["balanced"])
-    result["psnr_overlap_db"] = [low, high]
-    result["psnr_overlap_fraction_of_adam"] = fraction
+    result.update(psnr_overlap_db=[low, high], psnr_overlap_fraction_of_adam=fraction)
     for optim, curve in curves.items():
-        psnrs = [p["psnr"] for p in sorted(curve, key=lambda p: p["bpp"])]
+        psnrs = [q["psnr"] for q in sorted(curve, key=lambda q: q["bpp"])]
         result[f"{optim}_monotone"] = all(b > a for a, b in zip(psnrs, psnrs[1:]))
     try:
         result["bd_rate_percent"] = rd.bd_rate(curves["adam"], curves["balanced"])
@@ -165,13 +164,14 @@ def main() -> None:
         result["bootstrap"] = rd.bd_rate_bootstrap(curves["adam"], curves["balanced"], samples=args.bootstrap)
     except ValueError as err:
         result["bd_rate_error"] = str(err)
-    plot = args.out.with_suffix(".png")
-    rd.plot_rd({"Adam": curves["adam"], "Balanced": curves["balanced"]}, plot,
-               title=f"HPCM-{args.model}, " + (f"{args.warm_start} Adam + " if args.warm_start else "")
-               + f"{args.steps} steps, held-out photos")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rd.plot_rd({"Adam": curves["adam"], "Balanced": curves["balanced"]}, args.out.with_suffix(".png"),
+               title=f"HPCM {args.model}, " + (f"{args.warm_start} Adam + " if args.warm_start else "")
+               + f"{args.steps} steps, test photos (real bytes)")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("adam", "balanced")}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

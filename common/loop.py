@@ -30,7 +30,7 @@ class LoopConfig:
     ckpt_every: int = 0  # 0: checkpoint only at the end (and when stopped by a signal)
     clip_grad_norm: float = 0.0  # 0 disables clipping; the norm is still measured and logged
     max_nonfinite_in_row: int = 20  # abort after this many consecutive skipped steps: training has diverged
-    monitor: str = "val/loss"  # eval metric that picks best.pt (lower is better)
+    monitor: str = "val/loss"  # validation metric that picks best.pt (lower is better); never a test metric
     progress: bool = True
 
 
@@ -69,6 +69,11 @@ class StepHooks:
         return {}
 
     def evaluate(self) -> dict[str, float]:
+        """Metrics on the validation data (model selection: `monitor` picks best.pt among these)."""
+        return {}
+
+    def test(self) -> dict[str, float]:
+        """Metrics on the test data, once, after the last step: the held-out numbers a run reports."""
         return {}
 
     def items_in(self, batch: Any) -> int:
@@ -247,6 +252,8 @@ class Loop:
         bar.close()
         if stop:
             self.save()
+        else:
+            last_eval = {**last_eval, **self._held_out(self.hooks.test)}
         self.logger.flush()
         summary = {f"final/{k}": v for k, v in last_eval.items()}
         summary.update(
@@ -274,16 +281,21 @@ class Loop:
         if self.on_log is not None:  # e.g. an Optuna trial reporting intermediate values (may raise to prune)
             self.on_log(self.state.global_step, point)
 
-    def _evaluate(self) -> dict[str, float]:
+    def _held_out(self, evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run an evaluation hook in eval mode and log what it returns."""
         # Evaluation must not move the training RNGs, or a run's curve would depend on when it evaluated.
         rng = runtime.rng_state()
         self.model.eval()
         with torch.no_grad():
-            metrics = self.hooks.evaluate()
+            metrics = evaluate()
         self.model.train()
         runtime.set_rng_state(rng)
         if metrics:
             self._log(metrics)
+        return metrics
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = self._held_out(self.hooks.evaluate)
         value = metrics.get(self.cfg.monitor)
         is_best = value is not None and value < self.state.best_val_loss
         if is_best:
@@ -311,4 +323,8 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown loop option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return LoopConfig(**values)
+    cfg = LoopConfig(**values)
+    if cfg.monitor.startswith("test/"):
+        raise ValueError(f"loop.monitor={cfg.monitor} would pick checkpoints on the test data; monitor a "
+                         "validation metric (val/loss): the test split is for final numbers only")
+    return cfg

@@ -36,7 +36,9 @@ _AUTOCAST_DTYPES = {"32": None, "fp32": None, "bf16-mixed": torch.bfloat16, "16-
 def autocast(device: torch.device, precision: str):
     """Mixed-precision context for the forward pass; `32` is a no-op.
 
-    Precision names follow Lightning's (`32`, `bf16-mixed`, `16-mixed`)."""
+    Precision names follow Lightning's (`32`, `bf16-mixed`, `16-mixed`); `precision=32` on a command line
+    arrives as the integer 32."""
+    precision = str(precision)
     if precision not in _AUTOCAST_DTYPES:
         raise ValueError(f"precision={precision!r} is not one of {sorted(_AUTOCAST_DTYPES)}")
     dtype = _AUTOCAST_DTYPES[precision]

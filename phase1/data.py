@@ -1,13 +1,14 @@
 """Images for the codec: any folder (recursive) or the built-in photographs that installed packages ship.
 
-Training samples are random crops with random horizontal flips; test samples are whole images (the model
-pads them). Files that cannot be decoded, or are smaller than a crop, are reported once and left out; a file
-that breaks later (e.g. replaced on disk mid-run) is reported once and replaced by another sample, so a long
-run never dies on one bad image.
+Three disjoint splits: training samples are random crops with random horizontal flips; validation (model
+selection) and test (final numbers) samples are whole images (the model pads them). Files that cannot be
+decoded, or are smaller than a crop, are reported once and left out; a file that breaks later (e.g. replaced on
+disk mid-run) is reported once and replaced by another sample, so a long run never dies on one bad image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,34 +20,40 @@ from torch.utils.data import Dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-# Real photographs shipped inside installed packages: (package, path inside it). Fixed split: the test
-# images are never trained on. Chosen for variety (people, animals, objects, landscape, astronomy).
-BUILTIN_TRAIN = [
-    ("skimage", "data/astronaut.png"),
-    ("skimage", "data/motorcycle_left.png"),
-    ("skimage", "data/motorcycle_right.png"),
-    ("skimage", "data/rocket.jpg"),
-    ("skimage", "data/hubble_deep_field.jpg"),
-    ("skimage", "data/retina.jpg"),
-    ("skimage", "data/ihc.png"),
-    ("sklearn", "datasets/images/china.jpg"),
-    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-]
-BUILTIN_TEST = [
-    ("skimage", "data/chelsea.png"),
-    ("skimage", "data/coffee.png"),
-    ("sklearn", "datasets/images/flower.jpg"),
-]
+# Real photographs shipped inside installed packages: (package, path inside it). Fixed split: validation
+# (model selection) and test (final numbers) images are never trained on. Chosen for variety (people, animals,
+# objects, landscape, astronomy); these twelve are all the RGB photographs the installed packages hold.
+BUILTIN = {
+    "train": [
+        ("skimage", "data/astronaut.png"),
+        ("skimage", "data/motorcycle_left.png"),
+        ("skimage", "data/motorcycle_right.png"),
+        ("skimage", "data/hubble_deep_field.jpg"),
+        ("skimage", "data/retina.jpg"),
+        ("skimage", "data/ihc.png"),
+        ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ],
+    "val": [
+        ("skimage", "data/rocket.jpg"),
+        ("sklearn", "datasets/images/china.jpg"),
+    ],
+    "test": [
+        ("skimage", "data/chelsea.png"),
+        ("skimage", "data/coffee.png"),
+        ("sklearn", "datasets/images/flower.jpg"),
+    ],
+}
+SPLITS = tuple(BUILTIN)
 
 
 def builtin_images(split: str) -> list[Path]:
-    """Paths of the built-in photographs of `split` ("train" or "test"); no download involved."""
+    """Paths of the built-in photographs of `split` ("train", "val" or "test"); no download involved."""
     import importlib.util
 
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r} must be 'train' or 'test'")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}")
     paths = []
-    for package, rel in BUILTIN_TRAIN if split == "train" else BUILTIN_TEST:
+    for package, rel in BUILTIN[split]:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
             raise FileNotFoundError(f"built-in image set needs the package {package!r}; run `make install`")
@@ -190,13 +197,32 @@ class RepeatedDataset(Dataset):
         return self.dataset[index % len(self.dataset)]
 
 
-def image_paths(source: str, root: str | None, split: str) -> list[Path]:
-    """`builtin` photographs, or `folder` images under root/<split> (or root itself if it has no split folders)."""
+def image_paths(source: str, root: str | None, split: str, val_count: int = 2) -> list[Path]:
+    """The images of `split` ("train", "val", "test"): the `builtin` photographs, or a `folder` laid out as
+    root/train and root/test (recursive), with root/val if present. Without root/val, `val_count` training
+    images are held out for validation, picked by a hash of their path inside root (the same ones on every
+    machine and in every run), so validation never sees a training image."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}")
     if source == "builtin":
         return builtin_images(split)
-    if source == "folder":
-        if not root:
-            raise ValueError("data.source=folder needs data.root=/path/to/images (with train/ and test/ inside)")
-        base = Path(root)
-        return list_images(base / split if (base / split).is_dir() else base)
-    raise ValueError(f"data.source={source!r} is not one of: builtin, folder")
+    if source != "folder":
+        raise ValueError(f"data.source={source!r} is not one of: builtin, folder")
+    if not root:
+        raise ValueError("data.source=folder needs data.root=/path/to/images (with train/ and test/ inside)")
+    base = Path(root)
+    list_images(base)  # names a missing or empty folder first
+    missing = [name for name in ("train", "test") if not (base / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"image folder {base} has no {' or '.join(f'{m}/' for m in missing)} folder: training needs "
+            "root/train and root/test (root/val optional) so that evaluation images are never trained on"
+        )
+    if split == "test" or (base / "val").is_dir():
+        return list_images(base / split)
+    train = list_images(base / "train")
+    if not 1 <= val_count < len(train):
+        raise ValueError(f"data.val_count={val_count}: {base}/train holds {len(train)} images and has no val/ "
+                         "folder; hold out at least 1 and leave at least 1 to train on (or add root/val)")
+    held = set(sorted(train, key=lambda p: hashlib.sha1(str(p.relative_to(base)).encode()).hexdigest())[:val_count])
+    return sorted(held) if split == "val" else [p for p in train if p not in held]

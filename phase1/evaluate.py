@@ -123,6 +123,10 @@ def evaluate_checkpoints(checkpoints: list[str], data: str, device: torch.device
 
 
 def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) -> dict:
+    """BD-rate/BD-PSNR of two curves written by this module (PSNR: mean of per-image PSNR, as CompressAI), with
+    a paired per-image bootstrap interval of `bootstrap` resamples. With fewer images than
+    rd.MIN_IMAGES_FOR_INTERVAL the bootstrap entry has ci_low/ci_high null and a "note" saying so: a number
+    there would look like an interval without being one."""
     from phase1 import rd
 
     anchor = json.loads(Path(anchor_json).read_text())["points"]

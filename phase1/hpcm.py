@@ -161,19 +161,23 @@ class HPCM(CompressionModel):
         """x (B, 3, H, W) in [0, 1], any H, W (zero-padded to 256 and cropped back).
 
         Training: uniform noise for the likelihoods, straight-through rounding for the synthesis path.
-        Evaluation: rounding everywhere, i.e. the reconstruction and the rates of real coding."""
+        Evaluation: rounding everywhere, i.e. the reconstruction and the rates of real coding.
+
+        Under autocast (precision=bf16-mixed) the transforms and context networks run in bf16, but latents,
+        means, scales, quantisation and likelihoods stay float32: a bf16 latent of magnitude 50 has a step of
+        0.25, coarse against the unit quantisation bins, and log-likelihoods are summed over ~10^5 elements."""
         x_pad, size = pad_to_multiple(_check_image(x))
-        y = self.g_a(x_pad)
-        z = self.h_a(y)
+        y = _full(self.g_a(x_pad))
+        z = _full(self.h_a(y))
         z_res = z - self.means_hyper
         if self.training:
             z_hat = _ste_round(z_res) + self.means_hyper
-            z_lik = self.entropy_estimation(_add_noise(z_res), self.scales_hyper)
+            z_lik = self._likelihoods(_add_noise(z_res), self.scales_hyper)
         else:
             z_q = torch.round(z_res)
             z_hat = z_q + self.means_hyper
-            z_lik = self.entropy_estimation(z_q, self.scales_hyper)
-        params = self.h_s(z_hat)
+            z_lik = self._likelihoods(z_q, self.scales_hyper)
+        params = _full(self.h_s(z_hat))
 
         L = context_layout(self.config.M, y.shape[2], y.shape[3], y.device)
         y_flat = y.flatten(1)
@@ -185,11 +189,16 @@ class HPCM(CompressionModel):
             y_hat = self._write_step(k, L, y_hat, q, means)
             res.append(_add_noise(y_k - means) if self.training else q)
             sc.append(scales)
-        y_lik_flat = self.entropy_estimation(torch.cat(res, 1), torch.cat(sc, 1))
+        y_lik_flat = self._likelihoods(torch.cat(res, 1), torch.cat(sc, 1))
         full = torch.cat([s[1] for s in L.steps])
         y_lik = torch.empty_like(y_flat).index_copy(1, full, y_lik_flat).view_as(y)
-        x_hat = crop(self.g_s(y_hat), size)
+        x_hat = _full(crop(self.g_s(y_hat), size))
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def _likelihoods(self, values, scales):
+        """The entropy model in float32 whatever autocast is active (see forward)."""
+        with torch.autocast(values.device.type, enabled=False):
+            return self.entropy_estimation(_full(values), _full(scales))
 
     # ------------------------------------------------------------------ the coding schedule
     def _predict(self, k: int, L, params, y_hat, ctx):
@@ -212,7 +221,7 @@ class HPCM(CompressionModel):
             attn = (self.attn_s1, self.attn_s2, self.attn_s3)[STEP_SCALE[k] - 1]
             context = prior(adaptor(torch.cat((ctx, y_hat), 1)), self.adaptive_params_list[_STEP_GAIN[k]])
             ctx = attn(context, ctx)
-        sm = context.flatten(1)[:, L.steps[k][2]]  # (B, 2 n_k): scales then means
+        sm = _full(context.flatten(1)[:, L.steps[k][2]])  # (B, 2 n_k): scales then means, >= float32 (forward)
         scales, means = sm.chunk(2, 1)
         return y_hat, ctx, scales, means
 
@@ -249,8 +258,19 @@ class HPCM(CompressionModel):
                         ("offset_z", off_z), ("quantized_cdf_y", cdf_y), ("cdf_length_y", len_y),
                         ("offset_y", off_y)):  # fmt: skip
             setattr(self, name, t.to(dev))
-        self._coder_cache.clear()
+        self._forget_coding_state()
         return True
+
+    def _forget_coding_state(self) -> None:
+        """Drop what was derived from the current tensors: CPU copies of the tables and the CUDA graphs, which
+        replay kernels on the addresses of the tensors they were recorded with (new tables, a move to another
+        device or dtype would otherwise be read through stale addresses)."""
+        self._coder_cache.clear()
+        self._graphs = None
+
+    def _apply(self, fn, recurse: bool = True):
+        self._forget_coding_state()  # .to(), .cuda(), .half() give the module new tensors
+        return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Loads state_dicts of this model or of the official code; coding-table buffers take the saved size."""
@@ -260,8 +280,7 @@ class HPCM(CompressionModel):
             if name in state_dict:
                 saved = state_dict[name]
                 setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=self.scales_hyper.device))
-        self._coder_cache.clear()
-        self._graphs = None
+        self._forget_coding_state()
         return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
 
     def aux_loss(self) -> torch.Tensor:
@@ -396,6 +415,11 @@ class HPCM(CompressionModel):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _full(x):
+    """Autocast's half-precision outputs back to float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _ste_round(x):

@@ -38,7 +38,7 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
     if cfg.name == "balanced":
         return Balanced(
             params, n_tasks=2, gamma=cfg.gamma, w_lr=cfg.w_lr, min_losses=list(cfg.min_losses),
-            task_weight_update=cfg.task_weight_update,
+            task_weight_update=cfg.task_weight_update, warmup_steps=int(cfg.get("warmup_steps", 0)),
             max_norm=0.0,  # the shared loop clips (loop.clip_grad_norm), once, for every optimizer
             **common,
         )
@@ -49,12 +49,13 @@ class CodecHooks(StepHooks):
     """The phase-1 step: R-D loss; with Balanced, FAMO-weighted backward and the task-weight update."""
 
     def __init__(self, model, optimizer, criterion: RateDistortionLoss, device, precision: str,
-                 test_paths: list[Path], real_bitstreams: bool):
+                 val_paths: list[Path], test_paths: list[Path], real_bitstreams: bool):
         super().__init__(model, optimizer)
         self.criterion, self.device, self.precision = criterion, device, precision
-        self.test_paths, self.real_bitstreams = test_paths, real_bitstreams
+        self.val_paths, self.test_paths, self.real_bitstreams = val_paths, test_paths, real_bitstreams
         self.balanced = isinstance(optimizer, Balanced)
         self._rng_before_forward: dict | None = None
+        self._stepped_losses: torch.Tensor | None = None  # (distortion, rate) the last step was taken on
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with runtime.autocast(self.device, self.precision):
@@ -80,7 +81,8 @@ class CodecHooks(StepHooks):
 
     def optimizer_step(self, out: dict[str, Any]) -> None:
         if self.balanced:
-            self.optimizer.step(task_losses=out.pop("task_losses").detach())
+            self._stepped_losses = out.pop("task_losses").detach()
+            self.optimizer.step(task_losses=self._stepped_losses)
         else:
             out.pop("task_losses")
             self.optimizer.step()
@@ -88,7 +90,9 @@ class CodecHooks(StepHooks):
     def after_step(self, batch: torch.Tensor, out: dict[str, Any]) -> dict[str, float]:
         if not self.balanced:
             return {}
-        if self.optimizer.task_weight_update == "second_forward":
+        # the weights this step's gradient had: distortion and rate as plain R-D training at effective_lambda
+        w_distortion, w_rate = self.optimizer.gradient_weights(self._stepped_losses).tolist()
+        if self.optimizer.task_weight_update == "second_forward" and self.optimizer.weighted:
             x = batch.to(self.device, non_blocking=True)
 
             def task_losses() -> torch.Tensor:
@@ -97,27 +101,33 @@ class CodecHooks(StepHooks):
 
             self.optimizer.update_task_weights_replayed(task_losses, self._rng_before_forward)
         w = self.optimizer.task_weights.tolist()
-        return {"task_weight_distortion": w[0], "task_weight_bpp": w[1]}
+        return {"task_weight_distortion": w[0], "task_weight_bpp": w[1],
+                "effective_lambda": self.criterion.lmbda * w_distortion / w_rate}
 
     def items_in(self, batch: torch.Tensor) -> int:
         return int(batch.shape[0])
 
     def evaluate(self) -> dict[str, float]:
-        """test/* on the held-out images: the loss terms from the likelihoods, and real bytes."""
+        """val/* on the validation images (model selection); the test images are left for test()."""
+        return self._evaluate_on(self.val_paths, "val")
+
+    def test(self) -> dict[str, float]:
+        """test/* on the test images, once, with the final weights."""
+        return {**self._evaluate_on(self.test_paths, "test"), "test/images": float(len(self.test_paths))}
+
+    def _evaluate_on(self, paths: list[Path], split: str) -> dict[str, float]:
+        """The loss terms from the likelihoods (the seed's bpp_loss) and, with real bitstreams, real bytes."""
         model = unwrap(self.model)  # every rank evaluates the same weights on the same images
         if self.real_bitstreams:
             model.update(force=True)
-        mean = evaluate_images(model, self.test_paths, self.device, real=self.real_bitstreams,
+        mean = evaluate_images(model, paths, self.device, real=self.real_bitstreams,
                                criterion=self.criterion)["mean"]
-        # loss terms come from the likelihoods (the seed's test/bpp_loss); bpp_real and psnr from real bytes
-        metrics = {
-            "test/loss": mean["loss"], "test/distortion": mean["distortion"], "test/bpp_loss": mean["bpp_loss"],
-            "test/psnr": mean["psnr-rgb"],
-        }
+        metrics = {f"{split}/loss": mean["loss"], f"{split}/distortion": mean["distortion"],
+                   f"{split}/bpp_loss": mean["bpp_loss"], f"{split}/psnr": mean["psnr-rgb"]}
         if self.real_bitstreams:
-            metrics["test/bpp_real"] = mean["bpp"]
+            metrics[f"{split}/bpp_real"] = mean["bpp"]
         if "ms-ssim-rgb" in mean:
-            metrics["test/ms_ssim"] = mean["ms-ssim-rgb"]
+            metrics[f"{split}/ms_ssim"] = mean["ms-ssim-rgb"]
         return metrics
 
 
@@ -128,23 +138,26 @@ def build_model(cfg_model: DictConfig) -> torch.nn.Module:
 
 
 def _data(cfg: DictConfig, dist: runtime.DistInfo):
-    train_paths = image_paths(cfg.data.source, cfg.data.root, "train")
-    test_paths = image_paths(cfg.data.source, cfg.data.root, "test")
+    """Training batches, validation and test images: three disjoint sets (phase1.data.image_paths)."""
+    source, root, val_count = cfg.data.source, cfg.data.root, cfg.data.get("val_count", 2)
+    train_paths, val_paths, test_paths = (image_paths(source, root, split, val_count)
+                                          for split in ("train", "val", "test"))
     if cfg.eval.max_images:
-        test_paths = test_paths[: cfg.eval.max_images]
+        val_paths, test_paths = val_paths[: cfg.eval.max_images], test_paths[: cfg.eval.max_images]
     crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images", cache=cfg.data.get("cache", False))
     train_set = RepeatedDataset(crops, cfg.data.repeats) if cfg.data.repeats > 1 else crops
     if cfg.get("overfit_batches"):
         train_set = torch.utils.data.Subset(train_set, range(cfg.data.batch_size * cfg.overfit_batches))
     batches = EpochBatches(train_set, cfg.data.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
                            rank=dist.rank, world_size=dist.world_size)
-    return batches, test_paths
+    return batches, val_paths, test_paths
 
 
 def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train per `cfg` (see experiments/phase1/train.yaml); returns the final metrics.
 
     `on_log(step, metrics)` sees every logged point (sweeps report intermediate values through it)."""
+    loop_cfg = loop_config(cfg.loop)  # a bad loop option is refused before anything is created
     dist = runtime.init_distributed()
     runtime.seed_everything(cfg.seed + dist.rank)
     device = runtime.pick_device(cfg.device)
@@ -161,20 +174,22 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps,
                                 warmup_steps=cfg.schedule.warmup_steps)
-    batches, test_paths = _data(cfg, dist)
+    batches, val_paths, test_paths = _data(cfg, dist)
     hooks = CodecHooks(model, optimizer, RateDistortionLoss(cfg.lmbda, cfg.loss_metric), device, cfg.precision,
-                       test_paths, cfg.eval.real_bitstreams)
+                       val_paths, test_paths, cfg.eval.real_bitstreams)
 
     resume_from = resolve_resume(cfg.resume)
     run_id = load_checkpoint(resume_from, kind=KIND)["mlflow_run_id"] if resume_from else None
     logger = create_logger(cfg.logger, run_id=run_id or None, is_main=dist.is_main)
     folder = configs.run_dir(cfg)
     checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
-    loop = Loop(loop_config(cfg.loop), hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
+    loop = Loop(loop_cfg, hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
                 is_main=dist.is_main, on_log=on_log)
     try:
-        return loop.fit(resume_from, tags={"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name,
-                                           "run_dir": folder}, run_dir=folder)
+        tags = {"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name, "run_dir": folder}
+        if cfg.get("rd_set"):  # the R-D curve this run belongs to (reports draw one per rd_set and optimizer)
+            tags["rd_set"] = cfg.rd_set
+        return loop.fit(resume_from, tags=tags, run_dir=folder)
     finally:
         runtime.shutdown_distributed()
 

@@ -148,6 +148,7 @@ def write_history(path: Path, history: list[dict[str, float]], epoch: int, globa
 
 def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train per `cfg` (see experiments/phase2/train.yaml); returns the final metrics."""
+    loop_cfg = loop_config(cfg.loop)  # a bad loop option is refused before anything is created
     dist = runtime.init_distributed()
     runtime.seed_everything(cfg.seed + dist.rank)
     device = runtime.pick_device(cfg.device)
@@ -173,7 +174,7 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
     folder = configs.run_dir(cfg)
     checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
     plain = configs.to_plain(cfg)
-    loop = Loop(loop_config(cfg.loop), hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
+    loop = Loop(loop_cfg, hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
                 is_main=dist.is_main, on_log=on_log)
     tags = {"phase": KIND, "model": _model_name(cfg.model), "tokenizer": tokenizer.kind, "run_dir": folder,
             "parameters": sum(p.numel() for p in model.parameters())}

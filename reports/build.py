@@ -4,14 +4,16 @@
     python -m reports.build --study balanced_gamma_wlr   # one Optuna study
     python -m reports.build --experiment phase1          # one MLflow experiment
 
-Sections (each only when its runs exist): Phase 1 runs, R-D curves per optimizer with the BD-rate of
-Balanced vs Adam, task-weight trajectories, Optuna studies (best trial, history, parameter importance),
-Phase 2 learning curves and diagnostics.
+Sections (each only when its runs exist): Phase 1 training runs (sweep trials excluded); per R-D set (runs
+trained with `rd_set=<name>`: same model, steps and test set) one curve per optimizer and the BD-rate of Balanced
+vs Adam; task-weight trajectories; Optuna studies (their trials, best trial, history, parameter importance);
+Phase 2 learning curves and diagnostics. Runs without rd_set and Optuna trials are in no R-D curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import html
 import math
 import re
@@ -152,88 +154,275 @@ def plot_histories(path: Path, runs: pd.DataFrame, keys: list[str], ylabels: lis
 
 
 # ------------------------------------------------------------------------------------------------ sections
+# Keys every point of one R-D set must share, else its curves compare different experiments (first column that
+# holds a value wins: the tag, then the param older runs logged).
+SAME_IN_A_SET = {
+    "model": ("tags.model", "params.model.name"),
+    "loop.max_steps": ("params.loop.max_steps",),
+    "data.source": ("params.data.source",),
+    "data.root": ("params.data.root",),
+    "eval.max_images": ("params.eval.max_images",),
+    "test/images": ("metrics.test/images",),
+}
+
+
+@dataclass
+class RDSet:
+    """One explicit set of runs (tag rd_set) that an R-D comparison is drawn from."""
+
+    name: str
+    runs: pd.DataFrame  # every training run tagged with this rd_set
+    points: pd.DataFrame  # its finished runs with test numbers: the curve points
+    curves: dict[str, list[dict]]  # per optimizer, the points sorted by bpp
+    differences: list[str]  # keys that differ across the points; any means the set is no comparison
+
+
+def _first(frame: pd.DataFrame, *names: str) -> pd.Series:
+    """Row by row, the first of several columns that holds a value (a tag, else the param older runs logged)."""
+    out = _col(frame, names[0])
+    for name in names[1:]:
+        out = out.where(out.notna(), _col(frame, name))
+    return out
+
+
+def _value(value) -> str:
+    text = _fmt(value)
+    return text if text else "(not logged)"
+
+
+def _ids(frame: pd.DataFrame) -> str:
+    return ", ".join(frame["run_id"].str[:8])
+
+
+def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Phase 1 training runs that are not Optuna trials: a trial (in the demo study 30 steps on 1 image) is
+    reported under its study, never next to full runs."""
+    if runs.empty:
+        return runs
+    is_trial = _col(runs, "tags.optuna_study").notna() | (_col(runs, "tags.kind") == "study")
+    return runs[(_col(runs, "tags.phase") == "phase1") & ~is_trial]
+
+
+def differences(points: pd.DataFrame) -> list[str]:
+    """For each key of SAME_IN_A_SET on which the points disagree: its values, each naming its runs."""
+    out = []
+    for key, columns in SAME_IN_A_SET.items():
+        values = _first(points, *columns).map(_value)
+        if values.nunique() > 1:
+            ids = points["run_id"].str[:8].groupby(values)
+            groups = "; ".join(f"{value} in {', '.join(group)}" for value, group in ids)
+            out.append(f"`{key}` ({groups})")
+    return out
+
+
+def _curves(points: pd.DataFrame) -> dict[str, list[dict]]:
+    """Per optimizer, one point per run (its final test evaluation), sorted by bpp, each naming its run id."""
+    lmbda = pd.to_numeric(_col(points, "params.lmbda"), errors="coerce")
+    curves: dict[str, list[dict]] = {}
+    for optim, group in points.groupby(_first(points, "tags.optim", "params.optim.name")):
+        curve = [{"bpp": float(row["metrics.test/bpp_real"]), "psnr": float(row["metrics.test/psnr"]),
+                  "lmbda": float(lmbda[index]), "run_id": row["run_id"]} for index, row in group.iterrows()]
+        curves[str(optim)] = sorted(curve, key=lambda p: p["bpp"])
+    return curves
+
+
+def rd_sets(runs: pd.DataFrame) -> dict[str, RDSet]:
+    """The R-D sets by name: only training runs tagged rd_set, so a curve never mixes unrelated runs."""
+    trained = training_runs(runs)
+    if trained.empty or "tags.rd_set" not in trained.columns:
+        return {}
+    sets = {}
+    for name, group in trained.groupby("tags.rd_set"):  # runs without the tag form no group
+        done = (group["status"] == "FINISHED") & _col(group, "metrics.test/bpp_real").notna() \
+            & _col(group, "metrics.test/psnr").notna()
+        points = group[done]
+        sets[str(name)] = RDSet(str(name), group, points, _curves(points), differences(points))
+    return sets
+
+
+def png_names(names: list[str]) -> dict[str, str]:
+    """A plot file per set name: characters outside [A-Za-z0-9._-] become _, and a name taken twice gets a suffix."""
+    out: dict[str, str] = {}
+    for name in names:
+        stem = "rd_" + (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "set")
+        file, n = f"{stem}.png", 2
+        while file in out.values():
+            file, n = f"{stem}_{n}.png", n + 1
+        out[name] = file
+    return out
+
+
 def phase1_section(report: Report, runs: pd.DataFrame) -> None:
-    trained = runs[(_col(runs, "tags.phase") == "phase1")]
+    trained = training_runs(runs)
     if trained.empty:
         return
     report.heading("Phase 1: codec training runs")
+    trials = runs[(_col(runs, "tags.phase") == "phase1") & _col(runs, "tags.optuna_study").notna()]
+    note = f" {len(trials)} Optuna trial runs are not listed here: see their study." if len(trials) else ""
+    report.text(f"{len(trained)} training runs (sweep trials excluded).{note}")
     table = pd.DataFrame({
         "run id": trained["run_id"].str[:8],
         "name": _col(trained, "tags.mlflow.runName"),
-        "optim": _col(trained, "params.optim.name"),
+        "rd_set": _col(trained, "tags.rd_set"),
+        "model": _first(trained, "tags.model", "params.model.name"),
+        "optim": _first(trained, "tags.optim", "params.optim.name"),
         "lambda": pd.to_numeric(_col(trained, "params.lmbda"), errors="coerce"),
         "steps": pd.to_numeric(_col(trained, "params.loop.max_steps"), errors="coerce"),
+        "val loss": _col(trained, "metrics.val/loss"),
+        "val bpp (real)": _col(trained, "metrics.val/bpp_real"),
+        "val PSNR": _col(trained, "metrics.val/psnr"),
         "test bpp (real)": _col(trained, "metrics.test/bpp_real"),
         "test bpp (estimate)": _col(trained, "metrics.test/bpp_loss"),
         "test PSNR": _col(trained, "metrics.test/psnr"),
         "test MS-SSIM": _col(trained, "metrics.test/ms_ssim"),
+        "test images": _col(trained, "metrics.test/images"),
         "status": trained["status"],
-    }).sort_values(["optim", "lambda"])
+    }).sort_values(["rd_set", "optim", "lambda"], na_position="last")
     report.table(table)
-    rd_section(report, trained)
+    loose = trained[_col(trained, "tags.rd_set").isna()]
+    if not loose.empty:
+        report.text(f"{len(loose)} runs have no rd_set and are in no R-D curve: {_ids(loose)}. A curve is one "
+                    "explicit set of runs with the same model, steps and test set: train each of its runs with "
+                    "`rd_set=<name>` on the command line (e.g. `python -m phase1.train optim=adam lmbda=0.0035 "
+                    "rd_set=<name>`).")
+    rd_section(report, runs)
     task_weight_section(report, trained)
 
 
-def rd_curves(trained: pd.DataFrame) -> dict[str, list[dict]]:
-    """Per optimizer, one point per finished run (its last evaluation), sorted by bpp, with run ids."""
-    curves: dict[str, list[dict]] = {}
-    done = trained[(trained["status"] == "FINISHED") & _col(trained, "metrics.test/bpp_real").notna()]
-    for optim, group in done.groupby(_col(done, "params.optim.name")):
-        points = [{"bpp": row["metrics.test/bpp_real"], "psnr": row["metrics.test/psnr"],
-                   "lmbda": float(row.get("params.lmbda", "nan")), "run_id": row["run_id"]}
-                  for _, row in group.iterrows()]
-        curves[str(optim)] = sorted(points, key=lambda p: p["bpp"])
-    return curves
+def rd_curves(runs: pd.DataFrame) -> dict[str, dict[str, list[dict]]]:
+    """Per rd_set, per optimizer, the curve points (see rd_sets)."""
+    return {name: s.curves for name, s in rd_sets(runs).items()}
 
 
-def rd_section(report: Report, trained: pd.DataFrame) -> None:
+def _describe(points: pd.DataFrame) -> str:
+    """What the points of a comparable set share (the keys of SAME_IN_A_SET), read off its first run."""
+    v = {key: _value(_first(points, *columns).iloc[0]) for key, columns in SAME_IN_A_SET.items()}
+    return (f"model {v['model']}, {v['loop.max_steps']} steps, test set {v['data.source']} (root {v['data.root']}, "
+            f"eval.max_images {v['eval.max_images']}, {v['test/images']} images)")
+
+
+def rd_section(report: Report, runs: pd.DataFrame) -> None:
+    sets = rd_sets(runs)
+    files = png_names(sorted(sets))
+    for name in sorted(sets):
+        rd_set = sets[name]
+        report.heading(f"Phase 1: R-D set {name}")
+        left_out = rd_set.runs[~rd_set.runs["run_id"].isin(rd_set.points["run_id"])]
+        if not left_out.empty:
+            report.text(f"Not finished or without test numbers, so not in the curves: {_ids(left_out)}.")
+        if rd_set.points.empty:
+            report.text("No finished run with test numbers in this set yet.")
+        elif rd_set.differences:
+            report.text(f"Not drawn as a comparison: its runs differ in {'; '.join(rd_set.differences)}. Give runs "
+                        "of different experiments different rd_set names.")
+        else:
+            rd_set_plot(report, rd_set, files[name])
+
+
+def rd_set_plot(report: Report, rd_set: RDSet, file: str) -> None:
+    """The set's curves (plot and points table, each point naming its run) and the BD-rate of Balanced vs Adam."""
     from phase1 import rd
 
-    curves = rd_curves(trained)
-    if not curves:
+    report.text(f"{len(rd_set.points)} runs, all with {_describe(rd_set.points)}.")
+    rd.plot_rd(rd_set.curves, report.folder / file, title=f"R-D set {rd_set.name} (test images, real bitstreams)")
+    report.figure(file, f"R-D set {rd_set.name}: PSNR vs real bpp, one point per run, labelled with lambda")
+    report.table(pd.DataFrame([{"rd_set": rd_set.name, "optim": optim, "lambda": p["lmbda"],
+                                "test bpp (real)": p["bpp"], "test PSNR": p["psnr"], "run id": p["run_id"][:8]}
+                               for optim, curve in rd_set.curves.items() for p in curve]))
+    if "adam" not in rd_set.curves or "balanced" not in rd_set.curves:
+        report.text(f"No BD-rate: the set needs both adam and balanced runs (it has {sorted(rd_set.curves)}).")
         return
-    report.heading("Phase 1: rate-distortion")
-    rd.plot_rd(curves, report.folder / "rd_curves.png", title="R-D on the test images (real bitstreams)")
-    report.figure("rd_curves.png", "PSNR vs real bpp, one point per run, labelled with lambda")
-    if "adam" in curves and "balanced" in curves:
-        anchor, test = curves["adam"], curves["balanced"]
-        ids = ", ".join(p["run_id"][:8] for p in anchor + test)
-        try:
-            low, high, frac = rd.quality_overlap(anchor, test)
-            value = rd.bd_rate(anchor, test)
-            report.table(pd.DataFrame([{
-                "anchor": "adam", "test": "balanced", "BD-rate (%)": value, "BD-PSNR (dB)": rd.bd_psnr(anchor, test),
-                "PSNR overlap (dB)": f"{low:.2f}-{high:.2f} ({frac:.0%} of Adam's range)", "runs": ids}]))
-        except ValueError as err:
-            report.text(f"BD-rate of Balanced vs Adam not computed: {err} (runs: {ids}).")
+    anchor, test = rd_set.curves["adam"], rd_set.curves["balanced"]
+    ids = ", ".join(p["run_id"][:8] for p in anchor + test)
+    try:
+        low, high, frac = rd.quality_overlap(anchor, test)
+        value = rd.bd_rate(anchor, test)
+        report.table(pd.DataFrame([{
+            "rd_set": rd_set.name, "anchor": "adam", "test": "balanced", "BD-rate (%)": value,
+            "BD-PSNR (dB)": rd.bd_psnr(anchor, test),
+            "PSNR overlap (dB)": f"{low:.2f}-{high:.2f} ({frac:.0%} of Adam's range)", "runs": ids}]))
+    except ValueError as err:
+        report.text(f"BD-rate of Balanced vs Adam not computed: {err} (runs: {ids}).")
 
 
 def task_weight_section(report: Report, trained: pd.DataFrame) -> None:
-    balanced = trained[_col(trained, "params.optim.name") == "balanced"]
+    balanced = trained[_first(trained, "tags.optim", "params.optim.name") == "balanced"]
     if balanced.empty:
         return
-    plot_histories(report.folder / "task_weights.png", balanced, ["train/task_weight_distortion"],
-                   ["task weight of distortion"], lambda row: f"{row['run_id'][:8]} lambda={row.get('params.lmbda')}")
+    keys, labels = ["train/task_weight_distortion"], ["task weight of distortion"]
+    if _col(balanced, "metrics.train/effective_lambda").notna().any():  # older runs did not log it
+        keys, labels = [*keys, "train/effective_lambda"], [*labels, "effective lambda"]
+    plot_histories(report.folder / "task_weights.png", balanced, keys, labels,
+                   lambda row: f"{row['run_id'][:8]} {row.get('tags.rd_set') or ''} lambda={row.get('params.lmbda')}")
     report.heading("Phase 1: Balanced task weights")
     report.figure("task_weights.png", "FAMO weight of the distortion task over training (rate = 1 - it)")
 
 
+# Params that differ from trial to trial without being searched (run names, folders).
+RUN_SPECIFIC = ("params.logger.", "params.paths.", "params.checkpoint.", "params.hydra.")
+
+
+def searched_params(parent: pd.Series | None, trials: pd.DataFrame) -> list[str]:
+    """The study's searched parameters as trial columns: from the search space sweeps/run.py logs on the parent
+    run (param study.search_space), else the params whose values differ across the trials."""
+    space = parent.get("params.study.search_space") if parent is not None else None
+    if isinstance(space, str):
+        try:
+            return [f"params.{key}" for key in ast.literal_eval(space)]
+        except (ValueError, SyntaxError):  # cut off at MLflow's param length: fall back to what varies
+            pass
+    return [c for c in trials.columns if c.startswith("params.") and not c.startswith(RUN_SPECIFIC)
+            and trials[c].map(_value).nunique() > 1]
+
+
+def objective_column(objective: str | None, trials: pd.DataFrame) -> str | None:
+    """The trial metric holding the study's objective: train() returns final/<key>, the value of <key> at the
+    last evaluation, which is the latest value MLflow holds for <key>."""
+    if not objective:
+        return None
+    for column in (f"metrics.{objective}", f"metrics.{objective.removeprefix('final/')}"):
+        if column in trials.columns:
+            return column
+    return None
+
+
 def study_section(report: Report, runs: pd.DataFrame, storage: str | None) -> None:
     studies = runs[_col(runs, "tags.kind") == "study"]
-    for _, parent in studies.iterrows():
-        name = parent["tags.optuna_study"]
-        trials = runs[(_col(runs, "tags.optuna_study") == name) & (_col(runs, "tags.kind") != "study")]
+    trial_runs = runs[_col(runs, "tags.optuna_study").notna() & (_col(runs, "tags.kind") != "study")]
+    # A study is reported even when its parent run is not in the selection, so no trial goes unreported.
+    names = dict.fromkeys([*_col(studies, "tags.optuna_study").dropna(), *_col(trial_runs, "tags.optuna_study")])
+    for name in names:
+        parents = studies[_col(studies, "tags.optuna_study") == name]
+        parent = parents.iloc[0] if not parents.empty else None
+        trials = trial_runs[_col(trial_runs, "tags.optuna_study") == name]
         report.heading(f"Optuna study {name}")
-        best_value = _fmt(parent.get("metrics.study/best_value"))
-        report.text(f"Parent run {parent['run_id']}: {len(trials)} trial runs; best trial "
-                    f"{parent.get('tags.best_trial', 'n/a')} with objective {best_value}.")
+        if parent is None:
+            report.text(f"No parent run of study {name} in this selection; {len(trials)} trial runs.")
+        else:
+            best_value = _fmt(parent.get("metrics.study/best_value"))
+            best = (f"best trial {_fmt(parent.get('tags.best_trial')) or 'n/a'} with objective {best_value}"
+                    if best_value else "no best trial recorded yet")
+            report.text(f"Parent run {parent['run_id']}: {len(trials)} trial runs; {best}.")
         if not trials.empty:
-            params = [c for c in trials.columns if c.startswith("params.optim.")]
-            table = trials[["run_id", "tags.optuna_trial", *params, "metrics.test/loss"]].copy()
-            table["run_id"] = table["run_id"].str[:8]
-            table["tags.optuna_state"] = _col(trials, "tags.optuna_state")
-            report.table(table.sort_values("metrics.test/loss"))
+            report.table(trials_table(parent, trials))
         optuna_plots(report, name, storage)
+
+
+def trials_table(parent: pd.Series | None, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its searched parameters and its objective, not every parameter of the run."""
+    objective = parent.get("params.study.objective") if parent is not None else None
+    table = pd.DataFrame({
+        "trial": pd.to_numeric(_col(trials, "tags.optuna_trial"), errors="coerce"),
+        "run id": trials["run_id"].str[:8],
+        "state": _col(trials, "tags.optuna_state"),
+    })
+    for column in searched_params(parent, trials):
+        table[column.removeprefix("params.")] = _col(trials, column)
+    column = objective_column(objective if isinstance(objective, str) else None, trials)
+    if column:
+        table[f"objective {objective}" + ("" if column == f"metrics.{objective}" else f" ({column[8:]})")] = \
+            trials[column]
+    return table.sort_values("trial")
 
 
 def optuna_plots(report: Report, name: str, storage: str | None) -> None:

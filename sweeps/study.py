@@ -17,7 +17,7 @@ PARAM_TYPES = ("categorical", "float", "int")
 class StudySpec:
     name: str
     phase: str  # which train(cfg) the trials call: phase1 | phase2
-    objective: str  # a key of train()'s summary, e.g. final/test/loss
+    objective: str  # a key of train()'s summary on validation data, e.g. final/val/loss
     direction: str = "minimize"
     overrides: list[str] = field(default_factory=list)  # Hydra overrides every trial gets
     sizes: dict[str, list[str]] = field(default_factory=dict)  # named extra overrides: demo, full
@@ -25,7 +25,7 @@ class StudySpec:
     sampler: str = "grid"  # grid | tpe
     pruner: str = "none"  # none | median
     pruner_warmup_evals: int = 1
-    report_metric: str = "test/loss"  # intermediate value reported at each evaluation (for pruners)
+    report_metric: str = "val/loss"  # intermediate value reported at each evaluation (for pruners)
     n_trials: int = 12
     seed: int = 0
 
@@ -72,5 +72,9 @@ def _validate(spec: StudySpec, path: Path) -> None:
             raise ValueError(f"{path}: search_space.{name} needs a non-empty `choices` list")
         if param["type"] in ("float", "int") and not {"low", "high"} <= set(param):
             raise ValueError(f"{path}: search_space.{name} needs `low` and `high`")
+    for key in ("objective", "report_metric"):
+        if "test/" in getattr(spec, key):
+            raise ValueError(f"{path}: {key}={getattr(spec, key)!r} would select on the test data; use a "
+                             "validation metric (final/val/loss, val/loss): test numbers are for final reports")
     if spec.n_trials < 1:
         raise ValueError(f"{path}: n_trials={spec.n_trials} must be >= 1")

@@ -93,8 +93,12 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
 
     d = tmp_path_factory.mktemp("inputs")
     (d / "empty").mkdir()
-    (d / "corrupt").mkdir()
-    (d / "corrupt" / "a.png").write_bytes(b"\x89PNG\r\n garbage")
+    for split in ("train", "val", "test"):  # a folder laid out for training whose training image is broken
+        (d / "corrupt" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(d / "corrupt" / split / "good.png")
+    (d / "corrupt" / "train" / "good.png").write_bytes(b"\x89PNG\r\n garbage")
+    (d / "flat").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(d / "flat" / "one.png")
     (d / "bad.png").write_bytes(b"\x89PNG\r\n garbage")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "earlier.png")  # an output written before
     (d / "blank.txt").write_text("  \n")
@@ -123,6 +127,9 @@ CASES = [
     ("p1 missing data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/nope"], ["nope", "does not exist"]),
     ("p1 empty data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/empty"], ["holds no images"]),
     ("p1 corrupt image", "phase1.train", [*P1, "data=folder", "data.root={d}/corrupt"], ["none of the 1 files"]),
+    ("p1 folder without splits", "phase1.train", [*P1, "data=folder", "data.root={d}/flat"],
+     ["flat", "no train/ or test/ folder"]),
+    ("p1 monitor on test", "phase1.train", [*P1, "loop.monitor=test/loss"], ["loop.monitor=test/loss", "val"]),
     ("p1 unknown preset", "phase1.train", [*P1, "model=hpcm_huge"], ["model/hpcm_huge", "hpcm_base"]),
     ("p1 invalid override", "phase1.train", [*P1, "lamda=0.01"], ["Could not override 'lamda'"]),
     ("p1 wrong type", "phase1.train", [*P1, "optim.lr=fast"], ["optim.lr='fast' must be a number"]),

@@ -153,7 +153,7 @@ def test_a_diverged_cli_run_ends_with_one_clear_line(tmp_path):
 STUDY = """
 name: killed
 phase: phase1
-objective: final/test/loss
+objective: final/val/loss
 overrides: [optim=balanced, model=tiny]
 sizes:
   demo: [data.patch_size=64, data.batch_size=2, data.repeats=1, loop.max_steps=8, loop.eval_every=8,

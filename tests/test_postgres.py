@@ -66,7 +66,7 @@ def server(tmp_path_factory):
 STUDY = """
 name: {name}
 phase: phase1
-objective: final/test/loss
+objective: final/val/loss
 overrides: [optim=balanced, model=tiny]
 sizes:
   demo: [data.patch_size=64, data.batch_size=2, data.repeats=1, loop.max_steps=1, loop.eval_every=1,

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 TINY = """
 name: {name}
 phase: phase1
-objective: final/test/loss
+objective: final/val/loss
 overrides: [optim=balanced, model=tiny]
 sizes:
   demo: [data.patch_size=64, data.batch_size=2, data.repeats=1, loop.max_steps=2, loop.eval_every=2,
@@ -52,7 +52,7 @@ def test_four_trials_four_nested_runs(tmp_path, mlflow_store):
     assert set(trials["tags.optuna_state"]) == {"COMPLETE"}
     assert {(float(g), float(w)) for g, w in zip(trials["params.optim.gamma"], trials["params.optim.w_lr"])} == \
         {(0.001, 0.01), (0.001, 0.05), (0.01, 0.01), (0.01, 0.05)}
-    best = min(trials["metrics.test/loss"])
+    best = min(trials["metrics.val/loss"])
     assert parent.iloc[0]["metrics.study/best_value"] == pytest.approx(best)
 
 

@@ -29,6 +29,13 @@ the step. Two ways, chosen by `task_weight_update`:
   updates the weights from (losses recorded last step -> losses now), then builds the weighted loss.
   Cheaper, but the progress signal then also holds the batch-to-batch difference of the losses.
 
+Warm-up (`warmup_steps`, phase1's default 500): for the first steps the loss is the plain sum of the task
+losses (D + R, what Adam minimises, with the Cautious Adam update) and the task weights stay uniform; FAMO
+weighting starts after them. From scratch the weighting alone shuts the latents: while the distortion term is
+large its weight z_D / D_D is small (the effective lambda is a fraction of lambda), and FAMO lowers z_D further
+because distortion is the task falling fastest, so the rate reaches zero before the decoder learns to use y
+(docs/balanced_warmup.md has the measurement). No second forward runs during warm-up.
+
 The task weights follow the losses this process sees. Under DistributedDataParallel give every process the
 same, global losses: common.runtime.globalize(stack([D, R])) has the all-reduced mean as its value and the
 local gradient (phase1.train does this for the weighted loss and for the second forward), so FAMO weights and
@@ -95,10 +102,13 @@ class Balanced(CautiousAdam):
         mask_scaling: str = "balanced_rd",
         task_weight_update: str = "second_forward",
         min_losses: Sequence[float] | torch.Tensor | None = None,  # Balanced-RD trains with -1 per task
+        warmup_steps: int = 0,  # steps of the plain summed loss before FAMO weighting starts
         impl: str = "auto",
     ):
         if task_weight_update not in TASK_WEIGHT_UPDATES:
             raise ValueError(f"task_weight_update={task_weight_update!r}: choose one of {TASK_WEIGHT_UPDATES}")
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be a whole number >= 0")
         super().__init__(params, lr, betas, eps, weight_decay, mask_scale_max,
                          mask_scaling=mask_scaling, impl=impl)
         self.task_weight_update = task_weight_update
@@ -106,6 +116,9 @@ class Balanced(CautiousAdam):
         if min_losses is not None:
             self.famo.set_min_losses(min_losses)
         self._stepped = False  # a parameter step happened since the last recorded losses
+        self.warmup_steps = warmup_steps
+        self._steps_done = 0
+        self._weighted: bool | None = None  # the last loss was FAMO-weighted; False: warm-up; None: no loss yet
 
     @property
     def task_weights(self) -> torch.Tensor:
@@ -119,8 +132,26 @@ class Balanced(CautiousAdam):
     def set_min_losses(self, losses: Sequence[float] | torch.Tensor) -> None:
         self.famo.set_min_losses(losses)
 
+    @property
+    def weighted(self) -> bool:
+        """Whether the last loss (and so the step taken on it) was FAMO-weighted: False during warm-up."""
+        return bool(self._weighted)
+
+    def gradient_weights(self, task_losses: torch.Tensor) -> torch.Tensor:
+        """(n_tasks,) weights of each task's gradient in the last step, taken on task_losses: ones in warm-up (the
+        plain sum), else FAMO's convex combination. For (distortion, rate) the step is the one plain R-D
+        training would take at lambda * w_D / w_R: the effective lambda."""
+        if not self._weighted:
+            return torch.ones_like(task_losses)
+        return self.famo.gradient_weights(task_losses)
+
     def get_weighted_loss(self, task_losses: torch.Tensor) -> torch.Tensor:
-        """FAMO's weighted loss of task_losses (n_tasks,); with "next_step", first the pending weight update."""
+        """FAMO's weighted loss of task_losses (n_tasks,); with "next_step", first the pending weight update.
+        During warm-up: their plain sum, and the task weights stay as they are."""
+        self._weighted = self._steps_done >= self.warmup_steps
+        if not self._weighted:
+            self._stepped = False
+            return task_losses.sum()
         if self.task_weight_update == "next_step" and self._stepped and self.famo.prev_losses is not None:
             self.famo.to(task_losses.device)
             self.famo.update(task_losses.detach())
@@ -145,15 +176,18 @@ class Balanced(CautiousAdam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if task_losses is not None:
+        if task_losses is not None and self._weighted is not False:
             self.famo.record(task_losses)
         self._update_params()
-        self._stepped = True
+        self._stepped = self._weighted is not False
+        self._steps_done += 1
         return loss
 
     def update_task_weights(self, new_task_losses: torch.Tensor) -> None:
-        """FAMO update from the recorded losses to new_task_losses (the same batch after the step)."""
-        self.famo.update(new_task_losses)
+        """FAMO update from the recorded losses to new_task_losses (the same batch after the step); nothing
+        after a warm-up step."""
+        if self._weighted is not False:
+            self.famo.update(new_task_losses)
 
     @torch.no_grad()
     def update_task_weights_replayed(self, task_losses_fn: Callable[[], torch.Tensor],
@@ -164,12 +198,13 @@ class Balanced(CautiousAdam):
         and return those losses."""
         with replayed_rng(rng_state):
             new = task_losses_fn()
-        self.famo.update(new)
+        self.update_task_weights(new)
         return new.detach()
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["task_balancing"] = {**self.famo.state_dict(), "stepped": self._stepped}
+        state["task_balancing"] = {**self.famo.state_dict(), "stepped": self._stepped,
+                                   "steps_done": self._steps_done, "weighted": self._weighted}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -181,6 +216,9 @@ class Balanced(CautiousAdam):
         super().load_state_dict(state)
         self.famo.load_state_dict(balancing)
         self._stepped = bool(balancing["stepped"])
+        # states saved before warm-up existed were always weighted
+        self._steps_done = int(balancing.get("steps_done", self.warmup_steps))
+        self._weighted = balancing.get("weighted", True)
 
     def save_state(self, path: str | Path) -> None:
         torch.save(self.state_dict(), path)

@@ -83,6 +83,12 @@ class FAMO:
         self.prev_losses, self._prev_log_d = losses.detach().to(self.w.dtype), log_d.detach().to(self.w.dtype)
         return torch.dot(z.to(log_d.dtype), log_d) / (z / d).sum().detach()
 
+    def gradient_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        """w_i = (z_i / D_i) / sum_j (z_j / D_j): the weighted loss's gradient is sum_i w_i grad L_i."""
+        losses = self._as_losses(losses, "losses").detach()
+        ratio = self.weights.to(losses.device) / (losses - self.min_losses.to(losses.device) + EPS)
+        return ratio / ratio.sum()
+
     def record(self, losses: torch.Tensor) -> None:
         """Remember the losses the coming parameter step starts from (update() measures progress from them)."""
         losses = self._as_losses(losses, "losses")

@@ -228,3 +228,55 @@ def test_bad_input_is_named(tmp_path):
         Balanced(p).load_state(tmp_path / "missing.pt")
     with pytest.raises(RuntimeError, match="get_weighted_loss"):
         Balanced(p).update_task_weights(torch.ones(2))
+
+
+@pytest.mark.parametrize("mode", ["second_forward", "next_step"])
+def test_warmup_steps_take_the_plain_sum_then_famo_weights(mode):
+    """During warm-up each step is exactly CautiousAdam's on D + R and the task weights stay uniform; the
+    first step after it is FAMO-weighted and the weights start to move."""
+    torch.manual_seed(0)
+    target = torch.randn(2, 8)
+    a = [torch.zeros(8, requires_grad=True)]
+    b = [torch.zeros(8, requires_grad=True)]
+    bal = Balanced(a, lr=1e-2, task_weight_update=mode, warmup_steps=3, min_losses=[-1.0, -1.0])
+    ref = CautiousAdam(b, lr=1e-2)
+
+    def losses(p):
+        return torch.stack([((p[0] - target[0]) ** 2).sum() * 50, ((p[0] - target[1]) ** 2).sum()])
+
+    for step in range(5):
+        bal.zero_grad()
+        task = losses(a)
+        bal.backward_with_task_balancing(task)
+        bal.step(task_losses=task.detach())
+        bal.update_task_weights(losses(a).detach())
+        if step < 3:
+            assert not bal.weighted
+            assert torch.equal(bal.gradient_weights(task.detach()), torch.ones(2))
+            ref.zero_grad()
+            losses(b).sum().backward()
+            ref.step()
+            assert torch.equal(a[0], b[0])
+            assert torch.equal(bal.task_weights, torch.full((2,), 0.5))
+        else:
+            assert bal.weighted
+            w = bal.gradient_weights(task.detach())
+            assert w.sum().item() == pytest.approx(1.0) and w[1] > w[0]  # the small loss gets the large weight
+    assert not torch.equal(bal.task_weights, torch.full((2,), 0.5))
+    assert not torch.equal(a[0], b[0])
+
+
+def test_warmup_resumes_exactly(tmp_path):
+    p = [torch.zeros(3, requires_grad=True)]
+    opt = Balanced(p, lr=1e-2, warmup_steps=2)
+    for _ in range(1):
+        opt.zero_grad()
+        task = torch.stack([(p[0] - 1).pow(2).sum(), (p[0] + 1).pow(2).sum()])
+        opt.backward_with_task_balancing(task)
+        opt.step(task_losses=task.detach())
+    state = opt.state_dict()
+    again = Balanced([p[0].detach().clone().requires_grad_()], lr=1e-2, warmup_steps=2)
+    again.load_state_dict(state)
+    assert again.state_dict()["task_balancing"]["steps_done"] == 1
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Balanced(p, warmup_steps=-1)

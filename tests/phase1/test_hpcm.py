@@ -286,3 +286,16 @@ def test_module_conversions_work_and_move_everything():
     model = build_hpcm("tiny").eval().to(torch.float64)  # nn.Module.to must reach every parameter and buffer
     assert all(p.dtype == torch.float64 for p in model.parameters())
     assert model(_image(64, 64).double())["x_hat"].dtype == torch.float64
+
+
+def test_new_coding_tables_or_a_move_drop_the_cuda_graphs():
+    """Recorded CUDA graphs replay on the addresses of the tensors they saw: update() (new tables, e.g. at
+    every in-training evaluation) and .to() must drop them, or the next stream is coded with freed memory."""
+    model = make_tiny()
+    model.update(force=True)
+    model._graphs = object()  # stands for a recorded runner (recording needs a GPU: the gpu tests do it)
+    model.update(force=True)
+    assert model._graphs is None
+    model._graphs = object()
+    model.to(torch.float64).to(torch.float32)
+    assert model._graphs is None

@@ -8,6 +8,7 @@ import pytest
 
 from common.checkpoint import load_checkpoint
 from common.config import compose
+from phase1.data import image_paths
 from phase1.train import train
 
 FAST = ["model=tiny", "data.patch_size=64", "data.batch_size=2", "data.repeats=1", "loop.log_every=1",
@@ -15,7 +16,9 @@ FAST = ["model=tiny", "data.patch_size=64", "data.batch_size=2", "data.repeats=1
 
 TRAIN_METRICS = ["train/loss", "train/distortion", "train/bpp_loss", "train/psnr", "train/lr", "train/grad_norm",
                  "train/skipped_steps"]
-TEST_METRICS = ["test/loss", "test/distortion", "test/bpp_loss", "test/bpp_real", "test/psnr", "test/ms_ssim"]
+EVAL_TERMS = ["loss", "distortion", "bpp_loss", "bpp_real", "psnr", "ms_ssim"]
+VAL_METRICS = [f"val/{k}" for k in EVAL_TERMS]
+TEST_METRICS = [f"test/{k}" for k in EVAL_TERMS] + ["test/images"]
 
 
 @pytest.mark.parametrize("optim", ["adam", "balanced"])
@@ -28,9 +31,9 @@ def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
     assert summary["global_step"] == 3 and summary["skipped_steps"] == 0
     mlflow.set_tracking_uri(mlflow_store)
     run = mlflow.search_runs(experiment_names=["phase1"]).iloc[0]
-    expected = TRAIN_METRICS + TEST_METRICS
+    expected = TRAIN_METRICS + VAL_METRICS + TEST_METRICS
     if optim == "balanced":
-        expected += ["train/task_weight_distortion", "train/task_weight_bpp"]
+        expected += ["train/task_weight_distortion", "train/task_weight_bpp", "train/effective_lambda"]
         assert run["metrics.train/task_weight_distortion"] + run["metrics.train/task_weight_bpp"] == pytest.approx(1)
     missing = [m for m in expected if f"metrics.{m}" not in run or run[f"metrics.{m}"] != run[f"metrics.{m}"]]
     assert not missing, f"not logged: {missing}"
@@ -40,6 +43,7 @@ def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
 
     assert "config.yaml" in [a.path for a in MlflowClient(mlflow_store).list_artifacts(run["run_id"])]
     assert run["metrics.test/bpp_real"] > 0 and run["metrics.test/bpp_loss"] > 0
+    assert summary["final/val/loss"] == run["metrics.val/loss"] and summary["final/test/images"] == 1
     ckpt = load_checkpoint(tmp_path / "ckpt" / "last.pt", kind="phase1")
     assert ckpt["mlflow_run_id"] == run["run_id"]
     if optim == "balanced":
@@ -66,6 +70,7 @@ def test_resume_continues_the_same_curve_and_run(tmp_path, mlflow_store):
     weights_b = [p["train/task_weight_distortion"] for p in b if "train/task_weight_distortion" in p]
     assert weights_a == pytest.approx(weights_b, abs=1e-6)  # FAMO state restored too
     assert full["final/test/loss"] == pytest.approx(resumed["final/test/loss"], rel=1e-5)
+    assert full["final/val/loss"] == pytest.approx(resumed["final/val/loss"], rel=1e-5)
     mlflow.set_tracking_uri(mlflow_store)
     runs = mlflow.search_runs(experiment_names=["phase1"])
     assert len(runs) == 1  # the resumed run continued the same MLflow run
@@ -85,3 +90,59 @@ def test_evaluate_json_in_compressai_format(tmp_path):
     point = result["points"][0]
     assert len(point["bpp_per_image"]) == 3 and point["bpp"] > 0  # the three held-out photos, real bytes
     assert main([str(tmp_path / "missing.pt")]) == 2
+
+
+def test_validation_picks_best_and_test_is_touched_once_at_the_end(tmp_path, monkeypatch):
+    """Every in-training evaluation reads the validation photos; the test photos are read once, after the
+    last step; best.pt follows val/loss."""
+    import phase1.train as phase1_train
+
+    seen = []
+    real = phase1_train.evaluate_images
+
+    def spy(model, paths, *args, **kwargs):
+        seen.append(sorted(p.name for p in paths))
+        return real(model, paths, *args, **kwargs)
+
+    monkeypatch.setattr(phase1_train, "evaluate_images", spy)
+    cfg = compose("phase1", [*FAST, "eval.max_images=null", "logger=none", "loop.max_steps=4", "loop.eval_every=2",
+                             "eval.real_bitstreams=false", f"checkpoint.dir={tmp_path / 'ckpt'}"])
+    summary = train(cfg)
+    val = sorted(p.name for p in image_paths("builtin", None, "val"))
+    test = sorted(p.name for p in image_paths("builtin", None, "test"))
+    assert seen == [val, val, test]  # evaluations at steps 2 and 4, then the final test
+    history = load_checkpoint(tmp_path / "ckpt" / "last.pt")["history"]
+    vals = [p["val/loss"] for p in history if "val/loss" in p]
+    assert summary["best_val_loss"] == min(vals)
+    assert load_checkpoint(tmp_path / "ckpt" / "best.pt")["best_val_loss"] == min(vals)
+
+
+def test_balanced_warmup_then_famo_and_effective_lambda(tmp_path):
+    """With optim.warmup_steps=2 the first two steps keep uniform weights and the plain lambda; FAMO moves
+    the weights after them, and effective_lambda = lambda * w_D / w_R of the step's gradient weights."""
+    cfg = compose("phase1", [*FAST, "optim=balanced", "optim.warmup_steps=2", "logger=none", "loop.max_steps=4",
+                             "loop.eval_every=100", "eval.real_bitstreams=false", "lmbda=0.013",
+                             f"checkpoint.dir={tmp_path / 'ckpt'}"])
+    train(cfg)
+    history = [p for p in load_checkpoint(tmp_path / "ckpt" / "last.pt")["history"] if "train/loss" in p]
+    assert [p["train/task_weight_distortion"] for p in history[:2]] == [0.5, 0.5]
+    assert [p["train/effective_lambda"] for p in history[:2]] == pytest.approx([0.013, 0.013])
+    assert history[3]["train/task_weight_distortion"] != 0.5
+    # after warm-up the rate, the smaller loss + 1, gets the larger weight: lambda acts smaller
+    assert 0 < history[3]["train/effective_lambda"] < 0.013
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_bf16_mixed_trains_on_the_cpu(model, tmp_path):
+    """precision=bf16-mixed: convolutions in bf16, entropy model and likelihoods in float32 (HPCM.forward)."""
+    runs = {}
+    for precision in ("32", "bf16-mixed"):
+        cfg = compose("phase1", [*FAST, f"model={model}", f"precision={precision}", "logger=none", "device=cpu",
+                                 "loop.max_steps=3", "loop.eval_every=100", "eval.real_bitstreams=false",
+                                 f"checkpoint.dir={tmp_path / precision}"])
+        summary = train(cfg)
+        assert summary["skipped_steps"] == 0
+        runs[precision] = [p["train/loss"] for p in load_checkpoint(tmp_path / precision / "last.pt")["history"]
+                           if "train/loss" in p]
+    assert runs["bf16-mixed"] == pytest.approx(runs["32"], rel=0.05)
+    assert runs["bf16-mixed"] != runs["32"]  # autocast was really on
