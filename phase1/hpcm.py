@@ -163,11 +163,14 @@ class HPCM(CompressionModel):
         Training: uniform noise for the likelihoods, straight-through rounding for the synthesis path.
         Evaluation: rounding everywhere, i.e. the reconstruction and the rates of real coding.
 
-        Under autocast (precision=bf16-mixed) the transforms and context networks run in bf16, but latents,
-        means, scales, quantisation and likelihoods stay float32: a bf16 latent of magnitude 50 has a step of
-        0.25, coarse against the unit quantisation bins, and log-likelihoods are summed over ~10^5 elements."""
+        Under autocast (precision=bf16-mixed) only the hyperprior (h_a, h_s) and the context model run in
+        bf16. Latents, means, scales, quantisation and likelihoods stay float32 (a bf16 latent of magnitude 50
+        has a step of 0.25, coarse against the unit bins; log-likelihoods are summed over ~10^5 elements), and
+        so do the analysis and synthesis transforms: with them in bf16, HPCM_Large's training loss left
+        float32's by up to 55 % within 40 steps on one H200 (float32 against itself: 0.3 %); in float32, 4.7 %."""
         x_pad, size = pad_to_multiple(_check_image(x))
-        y = _full(self.g_a(x_pad))
+        with torch.autocast(x_pad.device.type, enabled=False):  # the transforms in float32: see above
+            y = _full(self.g_a(x_pad))
         z = _full(self.h_a(y))
         z_res = z - self.means_hyper
         if self.training:
@@ -192,7 +195,8 @@ class HPCM(CompressionModel):
         y_lik_flat = self._likelihoods(torch.cat(res, 1), torch.cat(sc, 1))
         full = torch.cat([s[1] for s in L.steps])
         y_lik = torch.empty_like(y_flat).index_copy(1, full, y_lik_flat).view_as(y)
-        x_hat = _full(crop(self.g_s(y_hat), size))
+        with torch.autocast(x_pad.device.type, enabled=False):
+            x_hat = _full(crop(self.g_s(y_hat), size))
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
     def _likelihoods(self, values, scales):

@@ -34,6 +34,18 @@ PHASE1_ROWS = readme_rows("Phase 1")
 PHASE2_ROWS = readme_rows("Phase 2")
 
 
+@pytest.fixture(autouse=True)
+def _no_hydra_state_left():
+    """An in-process Hydra app leaves its singletons set (HydraConfig without a run folder under --cfg): later
+    tests in this worker would take them for a running app."""
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+
+
 def run_cli(module: str, argv: list[str], capsys, monkeypatch) -> dict:
     """The resolved config (job and hydra) as `python -m {module} {argv} --cfg all` prints it."""
     entry = __import__(module, fromlist=["cli"]).cli
