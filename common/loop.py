@@ -25,7 +25,7 @@ from common.tracking import Logger, NullLogger
 @dataclass
 class LoopConfig:
     max_steps: int = 1000
-    log_every: int = 10  # steps between metric points (averaged over those steps)
+    log_every: int = 10  # steps between metric points (each scalar averaged over the steps that returned it)
     eval_every: int = 0  # 0: evaluate only at the end
     ckpt_every: int = 0  # 0: checkpoint only at the end (and when stopped by a signal)
     clip_grad_norm: float = 0.0  # 0 disables clipping; the norm is still measured and logged
@@ -209,7 +209,8 @@ class Loop:
     def run(self) -> dict[str, float]:
         cfg, state = self.cfg, self.state
         sums: dict[str, float] = {}
-        count, items, in_a_row = 0, 0, 0
+        counts: dict[str, int] = {}  # per key: a scalar that only some steps return is averaged over those
+        items, in_a_row = 0, 0
         last_eval: dict[str, float] = {}
         tick = time.perf_counter()
         bar = _progress(cfg, state.global_step, self.is_main)
@@ -228,21 +229,21 @@ class Loop:
                         )
                 else:
                     in_a_row = 0
-                    count += 1
                     for k, v in scalars.items():
                         sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
                 items += self.hooks.items_in(batch)
                 bar.update(1)
 
                 if state.global_step % cfg.log_every == 0 or state.global_step == cfg.max_steps:
                     elapsed = time.perf_counter() - tick
-                    point = {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
+                    point = {f"train/{k}": v / counts[k] for k, v in sums.items()}
                     point.update(self._point_extras(items / elapsed))
                     self._log(point)
                     bar.set_postfix(
                         loss=f"{point.get('train/loss', float('nan')):.4g}", items_s=f"{items / elapsed:.3g}"
                     )
-                    sums, count, items, tick = {}, 0, 0, time.perf_counter()
+                    sums, counts, items, tick = {}, {}, 0, time.perf_counter()
 
                 is_eval = cfg.eval_every > 0 and state.global_step % cfg.eval_every == 0
                 if is_eval or state.global_step == cfg.max_steps:

@@ -134,3 +134,25 @@ def test_batches_are_sharded_across_ranks():
 def test_batches_too_small_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than batch_size=128"):
         EpochBatches(NoisyRegression(n=64), batch_size=128)
+
+
+def test_a_scalar_of_some_steps_is_averaged_over_those_steps(tmp_path):
+    """Diagnostics computed every 3rd step, logged every 6: the point holds their mean, not sum / 6."""
+
+    class SparseHooks(RegressionHooks):
+        def compute_loss(self, batch):
+            out = super().compute_loss(batch)
+            if self.calls % 3 == 0:
+                out["diag/value"] = float(self.calls)
+            return out
+
+    seed_everything(0)
+    model = nn.Linear(8, 1)
+    hooks = SparseHooks(model, torch.optim.SGD(model.parameters(), lr=1e-3))
+    points = []
+    loop = Loop(LoopConfig(max_steps=12, log_every=6, progress=False), hooks,
+                EpochBatches(NoisyRegression(), batch_size=16, seed=3), on_log=lambda step, p: points.append(p))
+    loop.run()
+    points = [p for p in points if "train/loss" in p]  # the end's evaluation is logged too
+    assert [p["train/diag/value"] for p in points] == [(3 + 6) / 2, (9 + 12) / 2]
+    assert points[0]["train/loss"] == pytest.approx(sum(hooks.losses[:6]) / 6)
