@@ -1,4 +1,4 @@
-"""What drives Balanced R-D to zero rate when it trains HPCM from scratch: every step of a few hundred, for
+"""What stalls Balanced R-D when it trains HPCM from scratch: every step of a few hundred, for
 Adam and for Balanced variants side by side on the same batches, the task losses, FAMO's task weights z, the
 gradient weights w_i = (z_i / D_i) / sum_j (z_j / D_j) (as the effective lambda = lambda w_D / w_R), and, every
 few steps, the norms and cosine of the distortion's and the rate's gradients.

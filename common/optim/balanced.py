@@ -31,9 +31,9 @@ the step. Two ways, chosen by `task_weight_update`:
 
 Warm-up (`warmup_steps`, phase1's default 500): for the first steps the loss is the plain sum of the task
 losses (D + R, what Adam minimises, with the Cautious Adam update) and the task weights stay uniform; FAMO
-weighting starts after them. From scratch the weighting alone shuts the latents: while the distortion term is
-large its weight z_D / D_D is small (the effective lambda is a fraction of lambda), and FAMO lowers z_D further
-because distortion is the task falling fastest, so the rate reaches zero before the decoder learns to use y
+weighting starts after them. From scratch the weighting stalls training: while the distortion term is large
+its weight z_D / D_D is small (HPCM_Base's effective lambda started ~120x below lambda), and FAMO lowers z_D
+further because distortion is the task falling fastest, so the codec stayed at 11 dB for hundreds of steps
 (docs/balanced_warmup.md has the measurement). No second forward runs during warm-up.
 
 The task weights follow the losses this process sees. Under DistributedDataParallel give every process the
