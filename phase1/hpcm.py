@@ -167,7 +167,8 @@ class HPCM(CompressionModel):
         bf16. Latents, means, scales, quantisation and likelihoods stay float32 (a bf16 latent of magnitude 50
         has a step of 0.25, coarse against the unit bins; log-likelihoods are summed over ~10^5 elements), and
         so do the analysis and synthesis transforms: with them in bf16, HPCM_Large's training loss left
-        float32's by up to 55 % within 40 steps on one H200 (float32 against itself: 0.3 %); in float32, 4.7 %."""
+        float32's by up to 55 % within 40 steps on one H200; in float32, bf16 stays as close to float32 as a
+        second float32 run does (benchmarks/results/phase1_bf16.md)."""
         x_pad, size = pad_to_multiple(_check_image(x))
         with torch.autocast(x_pad.device.type, enabled=False):  # the transforms in float32: see above
             y = self.g_a(x_pad)
