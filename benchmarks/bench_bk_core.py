@@ -40,8 +40,9 @@ def inputs(C, T, seed, dtype=torch.complex64):
     gamma = 0.1 + torch.rand(C, T, generator=gen, device=DEVICE, dtype=real)
     a = torch.complex(v, -gamma)
     k = torch.nn.functional.softplus(torch.randn(C, T, generator=gen, device=DEVICE, dtype=real)).to(dtype)
-    z = torch.complex(0.3 * torch.randn(C, generator=gen, device=DEVICE, dtype=real),
-                      0.01 * torch.ones(C, device=DEVICE, dtype=real))
+    z = torch.complex(
+        0.3 * torch.randn(C, generator=gen, device=DEVICE, dtype=real), 0.01 * torch.ones(C, device=DEVICE, dtype=real)
+    )
     dg = torch.randn(C, T, generator=gen, device=DEVICE, dtype=dtype)
     return a, k, z, dg
 
@@ -91,8 +92,12 @@ def check(cfg, a, k, z, dg, ref, chains):
     da, dk, dz = bt._bwd(g, dg, k, cfg)
     _sync()
     g_ref, (da_ref, dk_ref, dz_ref) = ref
-    return {"g": rel(g[:chains], g_ref), "da": rel(da[:chains], da_ref), "dk": rel(dk[:chains], dk_ref),
-            "dz": rel(dz[:chains], dz_ref)}
+    return {
+        "g": rel(g[:chains], g_ref),
+        "da": rel(da[:chains], da_ref),
+        "dk": rel(dk[:chains], dk_ref),
+        "dz": rel(dz[:chains], dz_ref),
+    }
 
 
 def time_triton(cfg, a, k, z, dg):
@@ -218,8 +223,9 @@ def profile(a, k, z, dg):
     for _ in range(3):
         fb()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as prof:
         for _ in range(5):
             fb()
         torch.cuda.synchronize()
@@ -234,8 +240,11 @@ def main():
     p.add_argument("--full-loop-T", type=int, default=0, help="also time torch.compile of the unrolled loop")
     p.add_argument("--profile", action="store_true", help="print a profile of the autograd path per regime")
     p.add_argument("--ref-chains", type=int, default=2, help="chains checked against the complex128 loop")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny regimes on the CPU (run with TRITON_INTERPRET=1): checks the script, times nothing")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny regimes on the CPU (run with TRITON_INTERPRET=1): checks the script, times nothing",
+    )
     args = p.parse_args()
     global DEVICE, REGIMES
     if args.smoke:
@@ -243,10 +252,15 @@ def main():
         bt.CONFIG = dataclasses.replace(bt.CONFIG, chunk_below=16, target_rows=12, min_chunk=8)
 
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
-    res = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
-           "python": platform.python_version(), "config": dataclasses.asdict(bt.CONFIG),
-           "command": "PYTHONPATH=. python " + " ".join(sys.argv),
-           "regimes": []}
+    res = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "config": dataclasses.asdict(bt.CONFIG),
+        "command": "PYTHONPATH=. python " + " ".join(sys.argv),
+        "regimes": [],
+    }
     bw = copy_bandwidth() if DEVICE == "cuda" else 1e12
     res["copy_bandwidth_GBps"] = bw / 1e9
     print(f"{res['gpu']}  torch {res['torch']}  triton {res['triton']}  copy {bw / 1e9:.0f} GB/s", flush=True)
@@ -263,30 +277,56 @@ def main():
             err = check(cfg, a, k, z, dg, ref, chains)
             fwd, bwd = time_triton(cfg, a, k, z, dg)
             plan = (bt._plan(C, T, cfg, cfg.tile_fwd), bt._plan(C, T, cfg, cfg.tile_bwd))
-            r["configs"][name] = {"plan": plan, "err": err, "fwd_ms": fwd, "bwd_ms": bwd,
-                                  "fwd_roofline": roof_f / fwd, "fwd_bwd_roofline": roof_fb / (fwd + bwd)}
-            print(f"({C}, {T}) {name:14s} L,NCH={plan[0]} fwd {fwd:.3f} ms "
-                  f"({100 * roof_f / fwd:.0f}%)  bwd {bwd:.3f} ms  f+b {100 * roof_fb / (fwd + bwd):.0f}%  "
-                  f"err {max(err.values()):.1e}", flush=True)
+            r["configs"][name] = {
+                "plan": plan,
+                "err": err,
+                "fwd_ms": fwd,
+                "bwd_ms": bwd,
+                "fwd_roofline": roof_f / fwd,
+                "fwd_bwd_roofline": roof_fb / (fwd + bwd),
+            }
+            print(
+                f"({C}, {T}) {name:14s} L,NCH={plan[0]} fwd {fwd:.3f} ms "
+                f"({100 * roof_f / fwd:.0f}%)  bwd {bwd:.3f} ms  f+b {100 * roof_fb / (fwd + bwd):.0f}%  "
+                f"err {max(err.values()):.1e}",
+                flush=True,
+            )
         fwd, fb = time_autograd(a, k, z, dg)
-        r["autograd"] = {"fwd_ms": fwd, "fwd_bwd_ms": fb, "fwd_roofline": roof_f / fwd,
-                         "fwd_bwd_roofline": roof_fb / fb}
-        print(f"({C}, {T}) bk_core autograd: fwd {fwd:.3f} ms ({100 * roof_f / fwd:.0f}%)  "
-              f"fwd+bwd {fb:.3f} ms ({100 * roof_fb / fb:.0f}%)", flush=True)
+        r["autograd"] = {
+            "fwd_ms": fwd,
+            "fwd_bwd_ms": fb,
+            "fwd_roofline": roof_f / fwd,
+            "fwd_bwd_roofline": roof_fb / fb,
+        }
+        print(
+            f"({C}, {T}) bk_core autograd: fwd {fwd:.3f} ms ({100 * roof_f / fwd:.0f}%)  "
+            f"fwd+bwd {fb:.3f} ms ({100 * roof_fb / fb:.0f}%)",
+            flush=True,
+        )
         if DEVICE == "cuda":
             gf, gfb = time_graph(a, k, z, dg)
-            r["autograd_graph"] = {"fwd_ms": gf, "fwd_bwd_ms": gfb, "fwd_roofline": roof_f / gf,
-                                   "fwd_bwd_roofline": roof_fb / gfb}
-            print(f"({C}, {T}) bk_core in a CUDA graph: fwd {gf:.3f} ms ({100 * roof_f / gf:.0f}%)  "
-                  f"fwd+bwd {gfb:.3f} ms ({100 * roof_fb / gfb:.0f}%)", flush=True)
+            r["autograd_graph"] = {
+                "fwd_ms": gf,
+                "fwd_bwd_ms": gfb,
+                "fwd_roofline": roof_f / gf,
+                "fwd_bwd_roofline": roof_fb / gfb,
+            }
+            print(
+                f"({C}, {T}) bk_core in a CUDA graph: fwd {gf:.3f} ms ({100 * roof_f / gf:.0f}%)  "
+                f"fwd+bwd {gfb:.3f} ms ({100 * roof_fb / gfb:.0f}%)",
+                flush=True,
+            )
             if args.profile and C < bt.CONFIG.chunk_below:
                 print(profile(a, k, z, dg), flush=True)
         if not args.no_loops:
             for which in ("naive", "compiled_step"):
                 lf, lfb = time_loops(a, k, z, dg, which)
                 r[which] = {"fwd_ms": lf, "fwd_bwd_ms": lfb}
-                print(f"({C}, {T}) {which}: fwd {lf:.1f} ms  fwd+bwd {lfb:.1f} ms  "
-                      f"(Triton {lf / fwd:.0f}x / {lfb / fb:.0f}x faster)", flush=True)
+                print(
+                    f"({C}, {T}) {which}: fwd {lf:.1f} ms  fwd+bwd {lfb:.1f} ms  "
+                    f"(Triton {lf / fwd:.0f}x / {lfb / fb:.0f}x faster)",
+                    flush=True,
+                )
         res["regimes"].append(r)
         save(res, args.out)  # after every regime: the loops at long T take minutes
         del a, k, z, dg, ref
@@ -309,10 +349,16 @@ def save(res, out):
 
 def markdown(res):
     """A short table of one run: Triton vs the loops and the roofline, per regime."""
-    lines = [f"# BK-Core benchmark ({res['gpu']}, complex64)", "",
-             f"Command: `{res['command']}`  ", f"torch {res['torch']}, Triton {res['triton']}; "
-             f"device-to-device copy {res['copy_bandwidth_GBps']:.0f} GB/s (read + write), the roofline's bandwidth.",
-             "", "| chains x T | what | forward | forward + backward |", "|---|---|---|---|"]
+    lines = [
+        f"# BK-Core benchmark ({res['gpu']}, complex64)",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"torch {res['torch']}, Triton {res['triton']}; "
+        f"device-to-device copy {res['copy_bandwidth_GBps']:.0f} GB/s (read + write), the roofline's bandwidth.",
+        "",
+        "| chains x T | what | forward | forward + backward |",
+        "|---|---|---|---|",
+    ]
     for r in res["regimes"]:
         name = f"{r['chains']} x {r['T']}"
         roof = f"{r['roofline_fwd_ms']:.3f} ms | {r['roofline_fwd_bwd_ms']:.3f} ms"
@@ -321,16 +367,20 @@ def markdown(res):
         for key, label in labels.items():
             if key in r:
                 x = r[key]
-                lines.append(f"| {name} | {label} | {x['fwd_ms']:.3f} ms ({100 * x['fwd_roofline']:.0f}% of "
-                             f"roofline) | {x['fwd_bwd_ms']:.3f} ms ({100 * x['fwd_bwd_roofline']:.0f}%) |")
+                lines.append(
+                    f"| {name} | {label} | {x['fwd_ms']:.3f} ms ({100 * x['fwd_roofline']:.0f}% of "
+                    f"roofline) | {x['fwd_bwd_ms']:.3f} ms ({100 * x['fwd_bwd_roofline']:.0f}%) |"
+                )
         ref = r["autograd"]  # ratios against Triton eager, the slower of the two
         labels = {"naive": "naive PyTorch loop", "compiled_step": "torch.compile of the step, Python loop"}
         for key, label in labels.items():
             if key in r:
                 x = r[key]
                 fast, fast_fb = x["fwd_ms"] / ref["fwd_ms"], x["fwd_bwd_ms"] / ref["fwd_bwd_ms"]
-                lines.append(f"| {name} | {label} | {x['fwd_ms']:.1f} ms (Triton eager {fast:.0f}x faster) "
-                             f"| {x['fwd_bwd_ms']:.1f} ms ({fast_fb:.0f}x) |")
+                lines.append(
+                    f"| {name} | {label} | {x['fwd_ms']:.1f} ms (Triton eager {fast:.0f}x faster) "
+                    f"| {x['fwd_bwd_ms']:.1f} ms ({fast_fb:.0f}x) |"
+                )
     if "full_loop_compile_s" in res:
         for T, sec in res["full_loop_compile_s"].items():
             lines.append(f"\ntorch.compile of the whole unrolled loop (64 chains, T = {T}): {sec:.0f} s to compile.")

@@ -31,15 +31,30 @@ from phase2.copy_task import CopyTaskConfig, train_lm_copy, train_seq2seq_copy
 from phase2.model import create_phase2_model
 
 TASKS = {"digits": dict(num_symbols=10, max_len=10), "seed": dict(num_symbols=99, max_len=20)}
-RUNS = ["phase2:seed:16000", "phase2:digits:12000", "transformer_lm:digits:12000", "transformer_lm:seed:16000",
-        "seq2seq:seed:16000"]
+RUNS = [
+    "phase2:seed:16000",
+    "phase2:digits:12000",
+    "transformer_lm:digits:12000",
+    "transformer_lm:seed:16000",
+    "seq2seq:seed:16000",
+]
 WIDTH = dict(d_model=128, n_layers=2, num_heads=4, ffn=512)
 
 
 def phase2_model(vocab: int, n_seq: int, **kw):
-    return create_phase2_model(vocab_size=vocab, d_model=WIDTH["d_model"], n_layers=WIDTH["n_layers"], n_seq=n_seq,
-                               num_heads=WIDTH["num_heads"], head_dim=WIDTH["d_model"] // WIDTH["num_heads"],
-                               ffn_dim=WIDTH["ffn"], dropout=0.0, chunk_size=16, gate_interval=16, **kw)
+    return create_phase2_model(
+        vocab_size=vocab,
+        d_model=WIDTH["d_model"],
+        n_layers=WIDTH["n_layers"],
+        n_seq=n_seq,
+        num_heads=WIDTH["num_heads"],
+        head_dim=WIDTH["d_model"] // WIDTH["num_heads"],
+        ffn_dim=WIDTH["ffn"],
+        dropout=0.0,
+        chunk_size=16,
+        gate_interval=16,
+        **kw,
+    )
 
 
 def gpu_gradient_check(device) -> dict:
@@ -65,14 +80,17 @@ def run(job: dict) -> dict:
     torch.set_num_threads(1)
     device = torch.device(job["device"])
     # the seed's optimiser settings; decoder-only runs take batches of 64 and twice the Noam rate
-    opt = dict(batch_size=32, warmup_steps=1000, noam_factor=1.0) if name == "seq2seq" else \
-        dict(batch_size=64, warmup_steps=1000, noam_factor=2.0)
-    cfg = CopyTaskConfig(**TASKS[task], **opt, steps=int(steps), eval_every=job["eval_every"], eval_samples=500,
-                         seed=0)
+    opt = (
+        dict(batch_size=32, warmup_steps=1000, noam_factor=1.0)
+        if name == "seq2seq"
+        else dict(batch_size=64, warmup_steps=1000, noam_factor=2.0)
+    )
+    cfg = CopyTaskConfig(**TASKS[task], **opt, steps=int(steps), eval_every=job["eval_every"], eval_samples=500, seed=0)
     start = time.perf_counter()
     if name == "seq2seq":
-        cfg = CopyTaskConfig(**{**cfg.__dict__, "d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 512,
-                                "dropout": 0.1})
+        cfg = CopyTaskConfig(
+            **{**cfg.__dict__, "d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 512, "dropout": 0.1}
+        )
         result = train_seq2seq_copy(cfg, device)
         model = result.pop("model")
     else:
@@ -81,14 +99,26 @@ def run(job: dict) -> dict:
         if name == "phase2":
             model = phase2_model(cfg.lm_vocab_size, n_seq).to(device)
         elif name == "transformer_lm":
-            model = TransformerLM(TransformerLMConfig(vocab_size=cfg.lm_vocab_size, d_model=WIDTH["d_model"],
-                                                      n_layers=WIDTH["n_layers"], n_heads=WIDTH["num_heads"],
-                                                      ffn_dim=WIDTH["ffn"], max_len=n_seq)).to(device)
+            model = TransformerLM(
+                TransformerLMConfig(
+                    vocab_size=cfg.lm_vocab_size,
+                    d_model=WIDTH["d_model"],
+                    n_layers=WIDTH["n_layers"],
+                    n_heads=WIDTH["num_heads"],
+                    ffn_dim=WIDTH["ffn"],
+                    max_len=n_seq,
+                )
+            ).to(device)
         else:
             raise SystemExit(f"unknown model {name!r} in --runs; use phase2, transformer_lm or seq2seq")
         result = train_lm_copy(model, cfg, device)
-    result.update(model=name, task=task, parameters=sum(p.numel() for p in model.parameters()),
-                  wall_seconds=time.perf_counter() - start, **TASKS[task])
+    result.update(
+        model=name,
+        task=task,
+        parameters=sum(p.numel() for p in model.parameters()),
+        wall_seconds=time.perf_counter() - start,
+        **TASKS[task],
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     return result
 
@@ -106,8 +136,12 @@ def main():
         if len(parts) != 3 or parts[1] not in TASKS or not parts[2].isdigit():
             raise SystemExit(f"--runs {spec!r}: expected MODEL:TASK:STEPS with TASK in {sorted(TASKS)}")
     device = torch.device(args.device)
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "threads_per_run": 1, "runs": []}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads_per_run": 1,
+        "runs": [],
+    }
     t0 = time.time()
     if device.type == "cuda":
         result["gpu_gradient_check"] = gpu_gradient_check(device)

@@ -35,8 +35,17 @@ def scan_inputs(B: int, T: int):
     v = torch.randn(B, H, T, D, generator=gen, device="cuda")
     gamma = 0.01 + 0.02 * torch.rand(B, H, T, generator=gen, device="cuda")
     p = GateParams(INTERVAL, 0.1, 2.0, 2.0, 1.5, 0.01, 0.1, True)
-    return (k, v, gamma, torch.zeros(B, H, D, D, device="cuda"), Gates.initial(B, H, D, "cuda"),
-            zeta_mode_basis(D).float().cuda(), torch.full((H,), 0.5, device="cuda"), p, 0)
+    return (
+        k,
+        v,
+        gamma,
+        torch.zeros(B, H, D, D, device="cuda"),
+        Gates.initial(B, H, D, "cuda"),
+        zeta_mode_basis(D).float().cuda(),
+        torch.full((H,), 0.5, device="cuda"),
+        p,
+        0,
+    )
 
 
 def rel(x, ref):
@@ -62,16 +71,30 @@ def main():
 
             got = fn()
             ms = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
-            row = {"B": B, "T": T, "num_warps": warps, "precision": prec, "ms": ms,
-                   "us_per_interval": ms * 1e3 / triton.cdiv(T, INTERVAL),
-                   "rel_err": {**{n: rel(getattr(got, n), getattr(ref, n))
-                                  for n in ("gamma", "eta", "key", "snr", "energy", "share", "end_energy")},
-                               **{f"final_{n}": rel(getattr(got.final, n), getattr(ref.final, n))
-                                  for n in ("gamma", "eta", "key", "lyapunov", "last_energy")}}}
+            row = {
+                "B": B,
+                "T": T,
+                "num_warps": warps,
+                "precision": prec,
+                "ms": ms,
+                "us_per_interval": ms * 1e3 / triton.cdiv(T, INTERVAL),
+                "rel_err": {
+                    **{
+                        n: rel(getattr(got, n), getattr(ref, n))
+                        for n in ("gamma", "eta", "key", "snr", "energy", "share", "end_energy")
+                    },
+                    **{
+                        f"final_{n}": rel(getattr(got.final, n), getattr(ref.final, n))
+                        for n in ("gamma", "eta", "key", "lyapunov", "last_energy")
+                    },
+                },
+            }
             result["rows"].append(row)
-            print(f"B={B} T={T} warps={warps} {prec}: {ms:8.3f} ms "
-                  f"({row['us_per_interval']:6.1f} us/interval)  max rel err {max(row['rel_err'].values()):.1e}",
-                  flush=True)
+            print(
+                f"B={B} T={T} warps={warps} {prec}: {ms:8.3f} ms "
+                f"({row['us_per_interval']:6.1f} us/interval)  max rel err {max(row['rel_err'].values()):.1e}",
+                flush=True,
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -67,14 +67,20 @@ def check_ours(device) -> dict:
         w, wS = torch.randn(2, H, T, D, device=device), torch.randn(2, H, D, D, device=device)
         ref = grads_of(lambda *a: hebbian_memory(*a, mode="recurrent"), leaves, w, wS)
         got = grads_of(lambda *a: hebbian_memory(*a, chunk_size=64, impl="triton"), leaves, w, wS)
-        out[f"fp32_T{T}"] = {"o": rel(got[0], ref[0]), "S": rel(got[1], ref[1]),
-                             **{f"d{n}": rel(a, r) for n, a, r in zip(("q", "k", "v", "g", "S0"), got[2], ref[2])}}
+        out[f"fp32_T{T}"] = {
+            "o": rel(got[0], ref[0]),
+            "S": rel(got[1], ref[1]),
+            **{f"d{n}": rel(a, r) for n, a, r in zip(("q", "k", "v", "g", "S0"), got[2], ref[2])},
+        }
         if T == 1000:
-            half = [x.detach().to(torch.bfloat16).requires_grad_(True) for x in (q, k, v)] + \
-                   [x.detach().requires_grad_(True) for x in (g, S0)]
+            half = [x.detach().to(torch.bfloat16).requires_grad_(True) for x in (q, k, v)] + [
+                x.detach().requires_grad_(True) for x in (g, S0)
+            ]
             got16 = grads_of(lambda *a: hebbian_memory(*a, chunk_size=64, impl="triton"), half, w, wS)
-            out["bf16_vs_fp32_recurrence"] = {"o": rel(got16[0], ref[0]), **{
-                f"d{n}": rel(a, r) for n, a, r in zip(("q", "k", "v", "g", "S0"), got16[2], ref[2])}}
+            out["bf16_vs_fp32_recurrence"] = {
+                "o": rel(got16[0], ref[0]),
+                **{f"d{n}": rel(a, r) for n, a, r in zip(("q", "k", "v", "g", "S0"), got16[2], ref[2])},
+            }
     worst = max(v for key, row in out.items() if key.startswith("fp32") for v in row.values())
     worst16 = max(out["bf16_vs_fp32_recurrence"].values())
     out["ok"] = worst < 1e-4 and worst16 < 3e-2
@@ -88,11 +94,21 @@ def check_gate_scan(device) -> dict:
     v = torch.randn(B, H, T, D, generator=gen, device=device)
     gamma = 0.01 + 0.02 * torch.rand(B, H, T, generator=gen, device=device)
     p = GateParams(64, 0.1, 2.0, 2.0, 1.5, 0.01, 0.1, True)
-    args = (k, v, gamma, torch.zeros(B, H, D, D, device=device), Gates.initial(B, H, D, device),
-            zeta_mode_basis(D).float().to(device), torch.full((H,), 0.5, device=device), p, 0)
+    args = (
+        k,
+        v,
+        gamma,
+        torch.zeros(B, H, D, D, device=device),
+        Gates.initial(B, H, D, device),
+        zeta_mode_basis(D).float().to(device),
+        torch.full((H,), 0.5, device=device),
+        p,
+        0,
+    )
     a, b = gate_scan(*args, impl="triton"), gate_scan(*args, impl="torch")
-    out = {n: rel(getattr(a, n), getattr(b, n)) for n in ("gamma", "eta", "key", "snr", "energy", "share",
-                                                           "end_energy")}
+    out = {
+        n: rel(getattr(a, n), getattr(b, n)) for n in ("gamma", "eta", "key", "snr", "energy", "share", "end_energy")
+    }
     out["ok"] = max(out.values()) < 1e-4
     return out
 
@@ -135,8 +151,10 @@ def check_fla(chunk_simple_gla, device) -> dict:
         ins = [x.requires_grad_(True) for x in to_fla(q.to(dtype), k.to(dtype), v.to(dtype), g)]
         o = fla_fn(chunk_simple_gla)(*ins)
         got = torch.autograd.grad((o.transpose(1, 2).float() * do).sum(), ins)
-        out[name] = {"o": rel(o.transpose(1, 2), r_o),
-                     **{f"d{n}": rel(a.transpose(1, 2), r) for n, a, r in zip("qkvg", got, r_g)}}
+        out[name] = {
+            "o": rel(o.transpose(1, 2), r_o),
+            **{f"d{n}": rel(a.transpose(1, 2), r) for n, a, r in zip("qkvg", got, r_g)},
+        }
     return out
 
 
@@ -156,8 +174,9 @@ def time_fwd_bwd(fn, args, grad_idx, ms):
     torch.autograd.grad(fn(*leaves), want, do)  # first calls compile (and autotune, for fla)
     with torch.no_grad():
         fwd = triton.testing.do_bench(lambda: fn(*leaves), warmup=25, rep=ms, return_mode="median")
-    both = triton.testing.do_bench(lambda: torch.autograd.grad(fn(*leaves), want, do), warmup=25, rep=ms,
-                                   return_mode="median")
+    both = triton.testing.do_bench(
+        lambda: torch.autograd.grad(fn(*leaves), want, do), warmup=25, rep=ms, return_mode="median"
+    )
     return fwd, both
 
 
@@ -168,16 +187,30 @@ def main():
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--rep-ms", type=int, default=200)
     p.add_argument("--no-fla", action="store_true", help="skip fla (its first calls autotune for minutes)")
-    p.add_argument("--repeat", type=int, default=1, help="time every op this many times per length (interleaved); "
-                   "the row keeps each op's median and all repeats")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time every op this many times per length (interleaved); the row keeps each op's median and all repeats",
+    )
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_hebbian needs a CUDA GPU (the CPU tests cover correctness)")
     device = "cuda"
     chunk_simple_gla, fla_version = (None, "not run (--no-fla)") if args.no_fla else load_fla()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "fla": fla_version, "heads": H, "head_dim": D, "tokens_per_call": args.tokens, "dtype": "bfloat16",
-              "chunk_size": 64, "checks": {}, "rows": []}
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "fla": fla_version,
+        "heads": H,
+        "head_dim": D,
+        "tokens_per_call": args.tokens,
+        "dtype": "bfloat16",
+        "chunk_size": 64,
+        "checks": {},
+        "rows": [],
+    }
 
     def save():
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +240,11 @@ def main():
                 data = to_fla(q, k, v, g) if name == "fla" else (q, k, v, g)
                 start = time.time()
                 times[name].append(time_fwd_bwd(fn, data, grad_idx, args.rep_ms))
-                print(f"T={T} {name}: fwd {times[name][-1][0]:.3f} ms, fwd+bwd {times[name][-1][1]:.3f} ms "
-                      f"({time.time() - start:.0f} s)", flush=True)
+                print(
+                    f"T={T} {name}: fwd {times[name][-1][0]:.3f} ms, fwd+bwd {times[name][-1][1]:.3f} ms "
+                    f"({time.time() - start:.0f} s)",
+                    flush=True,
+                )
         for name, runs in times.items():
             row[name] = [sorted(r[i] for r in runs)[len(runs) // 2] for i in (0, 1)]  # median over repeats
             if args.repeat > 1:

@@ -80,8 +80,15 @@ def interleaved_medians(fns: dict, rounds: int, per_round: int, warmup: int, dev
                 fn()
                 sync(device)
                 samples[k].append(time.perf_counter() - t0)
-    return {k: {"median_ms": 1e3 * statistics.median(v), "p10_ms": 1e3 * _quantile(v, 0.1),
-                "p90_ms": 1e3 * _quantile(v, 0.9), "samples": len(v)} for k, v in samples.items()}
+    return {
+        k: {
+            "median_ms": 1e3 * statistics.median(v),
+            "p10_ms": 1e3 * _quantile(v, 0.1),
+            "p90_ms": 1e3 * _quantile(v, 0.9),
+            "samples": len(v),
+        }
+        for k, v in samples.items()
+    }
 
 
 def _quantile(v: list, q: float) -> float:
@@ -182,11 +189,12 @@ def check_fused_matches_loop(shapes, device, steps=5) -> dict:
     init = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
     a = [p.to(device, copy=True).requires_grad_() for p in init]
     b = [p.to(device, copy=True).requires_grad_() for p in init]
-    loop, fused = CautiousAdam(a, lr=1e-3, weight_decay=0.01, impl="loop"), CautiousAdam(
-        b, lr=1e-3, weight_decay=0.01, impl="fused")
+    loop, fused = (
+        CautiousAdam(a, lr=1e-3, weight_decay=0.01, impl="loop"),
+        CautiousAdam(b, lr=1e-3, weight_decay=0.01, impl="fused"),
+    )
     for _ in range(steps):
-        grads = [(torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) > 0.1)).to(device)
-                 for s in shapes]
+        grads = [(torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) > 0.1)).to(device) for s in shapes]
         for opt, ps in ((loop, a), (fused, b)):
             for p, g in zip(ps, grads):
                 p.grad = g.clone()
@@ -225,18 +233,28 @@ def _args_without_out(argv: list[str]) -> list[str]:
 
 
 def render_markdown(all_results: dict) -> str:
-    lines = ["# Optimizer step time: Balanced vs AdamW vs CautiousAdam", "",
-             "Ratios are medians against `torch.optim.AdamW(foreach=True)` measured in the same run. "
-             "CPU numbers come from 2 shared cores and are noisy; the GPU numbers are the ones to go by. "
-             "Targets: Balanced's optimizer step within 1.3x; whole training step with the second forward "
-             "at most 1.5x, with the one-forward (next_step) variant at most 1.1x.", ""]
+    lines = [
+        "# Optimizer step time: Balanced vs AdamW vs CautiousAdam",
+        "",
+        "Ratios are medians against `torch.optim.AdamW(foreach=True)` measured in the same run. "
+        "CPU numbers come from 2 shared cores and are noisy; the GPU numbers are the ones to go by. "
+        "Targets: Balanced's optimizer step within 1.3x; whole training step with the second forward "
+        "at most 1.5x, with the one-forward (next_step) variant at most 1.1x.",
+        "",
+    ]
     for _, r in sorted(all_results.items(), key=lambda kv: kv[0] != "cuda"):
-        lines += [f"## {r['device_name']}", "", f"Command: `{r['command']}`  ",
-                  f"torch {r['torch']}, triton {r['triton']}; model {r['params'] / 1e6:.2f}M parameters in "
-                  f"{r['n_tensors']} tensors; batch {r['batch']}x3x{r['size']}x{r['size']}; "
-                  f"common/optim sources sha256 {r.get('code', 'not recorded')}", "",
-                  *([f"Note: {r['note']}", ""] if "note" in r else []),
-                  "| optimizer step alone | median | ratio |", "|---|---|---|"]
+        lines += [
+            f"## {r['device_name']}",
+            "",
+            f"Command: `{r['command']}`  ",
+            f"torch {r['torch']}, triton {r['triton']}; model {r['params'] / 1e6:.2f}M parameters in "
+            f"{r['n_tensors']} tensors; batch {r['batch']}x3x{r['size']}x{r['size']}; "
+            f"common/optim sources sha256 {r.get('code', 'not recorded')}",
+            "",
+            *([f"Note: {r['note']}", ""] if "note" in r else []),
+            "| optimizer step alone | median | ratio |",
+            "|---|---|---|",
+        ]
         for k, v in r["optimizer_step"].items():
             lines.append(f"| {k} | {v['median_ms']:.3f} ms | {r['optimizer_step_ratio'][k]:.2f}x |")
         lines += ["", "| whole training step | median | ratio |", "|---|---|---|"]
@@ -244,9 +262,12 @@ def render_markdown(all_results: dict) -> str:
             lines.append(f"| {k} | {v['median_ms']:.2f} ms | {r['training_step_ratio'][k]:.2f}x |")
         if "fused_vs_loop" in r:
             f = r["fused_vs_loop"]
-            lines += ["", f"Fused vs loop CautiousAdam on these shapes after {f['steps']} steps: max |param "
-                      f"difference| {f['max_abs_param_diff']:.2e} (parameters moved by up to "
-                      f"{f['max_abs_param_change']:.2e})."]
+            lines += [
+                "",
+                f"Fused vs loop CautiousAdam on these shapes after {f['steps']} steps: max |param "
+                f"difference| {f['max_abs_param_diff']:.2e} (parameters moved by up to "
+                f"{f['max_abs_param_change']:.2e}).",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -271,11 +292,9 @@ def main() -> None:
     shapes = [tuple(p.shape) for p in ConvCodec().parameters()]
     params = sum(math.prod(s) for s in shapes)
     print(f"{params / 1e6:.2f}M parameters in {len(shapes)} tensors on {device}", flush=True)
-    opt_step = bench_optimizer_step(shapes, device, rounds, per_round=20 if cuda else 3,
-                                    warmup=10 if cuda else 1)
+    opt_step = bench_optimizer_step(shapes, device, rounds, per_round=20 if cuda else 3, warmup=10 if cuda else 1)
     print(json.dumps(ratios(opt_step), indent=1), flush=True)
-    train_step = bench_training_step(device, batch, size, rounds, per_round=5 if cuda else 2,
-                                     warmup=5 if cuda else 1)
+    train_step = bench_training_step(device, batch, size, rounds, per_round=5 if cuda else 2, warmup=5 if cuda else 1)
     print(json.dumps(ratios(train_step), indent=1), flush=True)
 
     try:
@@ -285,14 +304,24 @@ def main() -> None:
     except ImportError:
         triton_version = "absent"
     result = {
-        "device_name": torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.machine()}, "
-                       f"{torch.get_num_threads()} torch threads)",
-        "command": " ".join(["python benchmarks/bench_optim.py --out benchmarks/results/optim.json",
-                             *_args_without_out(sys.argv[1:])]),
-        "torch": torch.__version__, "triton": triton_version, "code": code_digest(),
-        "params": params, "n_tensors": len(shapes), "batch": batch, "size": size, "lmbda": LMBDA,
-        "optimizer_step": opt_step, "optimizer_step_ratio": ratios(opt_step),
-        "training_step": train_step, "training_step_ratio": ratios(train_step),
+        "device_name": torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} torch threads)",
+        "command": " ".join(
+            ["python benchmarks/bench_optim.py --out benchmarks/results/optim.json", *_args_without_out(sys.argv[1:])]
+        ),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "code": code_digest(),
+        "params": params,
+        "n_tensors": len(shapes),
+        "batch": batch,
+        "size": size,
+        "lmbda": LMBDA,
+        "optimizer_step": opt_step,
+        "optimizer_step_ratio": ratios(opt_step),
+        "training_step": train_step,
+        "training_step_ratio": ratios(train_step),
     }
     if cuda:
         result["fused_vs_loop"] = check_fused_matches_loop(shapes, device)

@@ -22,10 +22,25 @@ from phase1.train import train
 
 def losses(model: str, precision: str, steps: int) -> tuple[list[float], float]:
     folder = tempfile.mkdtemp()
-    cfg = compose("phase1", [f"model={model}", f"precision={precision}", "data.patch_size=256", "data.batch_size=8",
-                             "logger=none", "device=cuda", "loop.progress=false", "loop.log_every=1",
-                             f"loop.max_steps={steps}", "loop.eval_every=100000", "eval.real_bitstreams=false",
-                             "eval.max_images=1", f"checkpoint.dir={folder}", f"paths.output_root={folder}"])
+    cfg = compose(
+        "phase1",
+        [
+            f"model={model}",
+            f"precision={precision}",
+            "data.patch_size=256",
+            "data.batch_size=8",
+            "logger=none",
+            "device=cuda",
+            "loop.progress=false",
+            "loop.log_every=1",
+            f"loop.max_steps={steps}",
+            "loop.eval_every=100000",
+            "eval.real_bitstreams=false",
+            "eval.max_images=1",
+            f"checkpoint.dir={folder}",
+            f"paths.output_root={folder}",
+        ],
+    )
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
@@ -46,10 +61,19 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": args.steps, "models": {}}
     for model in args.models.split(","):
         (a, ta), (b, _), (c, tc) = (losses(model, prec, args.steps) for prec in ("32", "32", "bf16-mixed"))
-        result["models"][model] = {"float32_vs_float32": gaps(a, b), "float32_vs_bf16": gaps(a, c),
-                                   "seconds_float32": ta, "seconds_bf16": tc, "float32": a, "bf16": c}
-        print(model, json.dumps({k: v for k, v in result["models"][model].items() if k not in ("float32", "bf16")}),
-              flush=True)
+        result["models"][model] = {
+            "float32_vs_float32": gaps(a, b),
+            "float32_vs_bf16": gaps(a, c),
+            "seconds_float32": ta,
+            "seconds_bf16": tc,
+            "float32": a,
+            "bf16": c,
+        }
+        print(
+            model,
+            json.dumps({k: v for k, v in result["models"][model].items() if k not in ("float32", "bf16")}),
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 

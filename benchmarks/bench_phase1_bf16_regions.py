@@ -30,6 +30,7 @@ def in_float32(fn):
         with torch.autocast("cuda", enabled=False):
             args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
             return fn(*args, **kwargs)
+
     return run
 
 
@@ -37,10 +38,12 @@ def use_form(name: str) -> None:
     init, predict, next_scale = ORIGINAL
     hpcm.HPCM.__init__, hpcm.HPCM._predict, hpcm.HPCM._next_scale = ORIGINAL
     if name == "hyper_fp32":
+
         def init_with_float32_hyperprior(self, *args, **kwargs):
             init(self, *args, **kwargs)
             self.h_a.forward = in_float32(self.h_a.forward)
             self.h_s.forward = in_float32(self.h_s.forward)
+
         hpcm.HPCM.__init__ = init_with_float32_hyperprior
     if name == "context_fp32":
         hpcm.HPCM._predict, hpcm.HPCM._next_scale = in_float32(predict), in_float32(next_scale)
@@ -50,8 +53,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_bf16_regions.json"))
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--plan", default="hpcm_large:kept,hyper_fp32,context_fp32;hpcm_base:kept;tiny:kept",
-                   help="model:form,form;model:form ...")
+    p.add_argument(
+        "--plan",
+        default="hpcm_large:kept,hyper_fp32,context_fp32;hpcm_base:kept;tiny:kept",
+        help="model:form,form;model:form ...",
+    )
     args = p.parse_args()
     result = {}
     for item in args.plan.split(";"):

@@ -37,16 +37,31 @@ INCOMPLETE = 3  # exit status: runs are left to resume
 def data_overrides(args) -> list[str]:
     # a few photos read every step: decoded once and kept (data.cache), no loader processes
     if args.data_root:
-        return ["data=folder", f"data.root={args.data_root}", "data.repeats=32", "data.cache=true",
-                "data.num_workers=0"]
+        return [
+            "data=folder",
+            f"data.root={args.data_root}",
+            "data.repeats=32",
+            "data.cache=true",
+            "data.num_workers=0",
+        ]
     return ["data=builtin"]
 
 
 def run_overrides(optim: str, lmbda: float, steps: int, folder: Path, args, init_from: Path | None) -> list[str]:
-    overrides = [f"model={args.model}", f"optim={optim}", f"lmbda={lmbda}", *data_overrides(args),
-                 f"loop.max_steps={steps}", "loop.progress=false", f"rd_set={args.rd_set}",
-                 f"checkpoint.dir={folder}", "checkpoint.keep_last=1", f"hydra.run.dir={folder}",
-                 f"device={args.device}", *args.overrides]
+    overrides = [
+        f"model={args.model}",
+        f"optim={optim}",
+        f"lmbda={lmbda}",
+        *data_overrides(args),
+        f"loop.max_steps={steps}",
+        "loop.progress=false",
+        f"rd_set={args.rd_set}",
+        f"checkpoint.dir={folder}",
+        "checkpoint.keep_last=1",
+        f"hydra.run.dir={folder}",
+        f"device={args.device}",
+        *args.overrides,
+    ]
     if init_from is not None:
         overrides.append(f"init_from={init_from}")
     if (folder / "last.pt").is_file():
@@ -73,8 +88,9 @@ class Runs:
                 name, overrides, folder = pending.pop(0)
                 folder.mkdir(parents=True, exist_ok=True)
                 log = open(folder / "train.log", "a")  # noqa: SIM115 - closed when the process ends
-                proc = subprocess.Popen([sys.executable, "-m", "phase1.train", *overrides], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "phase1.train", *overrides], stdout=log, stderr=subprocess.STDOUT, env=env
+                )
                 running[name] = (proc, log)
                 print(f"started {name}: {' '.join(overrides)}", flush=True)
             if self._late() and not stopping:
@@ -106,8 +122,12 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--parallel", type=int, default=1, help="runs at once (processes on one device)")
-    p.add_argument("--warm-start", type=int, default=0,
-                   help="first train Adam this many steps per lambda; both optimizers then start from it")
+    p.add_argument(
+        "--warm-start",
+        type=int,
+        default=0,
+        help="first train Adam this many steps per lambda; both optimizers then start from it",
+    )
     p.add_argument("--work", type=Path, default=Path("outputs/bench_phase1_rd"), help="run folders (resumable)")
     p.add_argument("--deadline", type=float, default=None, help="seconds from now after which runs are stopped")
     p.add_argument("--rd-set", default="bench", help="the runs' rd_set tag")
@@ -116,20 +136,29 @@ def main() -> int:
     args = p.parse_args()
     deadline = time.time() + args.deadline if args.deadline else None
     runs = Runs(args.parallel, deadline)
-    folders = {(o, float(lmbda)): args.work / f"{o}_{lmbda}" for o, lambdas in
-               (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas)) for lmbda in lambdas.split(",")}
+    folders = {
+        (o, float(lmbda)): args.work / f"{o}_{lmbda}"
+        for o, lambdas in (("adam", args.adam_lambdas), ("balanced", args.balanced_lambdas))
+        for lmbda in lambdas.split(",")
+    }
 
     warm = {}
     if args.warm_start:
         for lmbda in sorted({lmbda for _, lmbda in folders}):
             warm[lmbda] = args.work / f"warm_{lmbda}"
-        todo = [(f"warm_{lm}", run_overrides("adam", lm, args.warm_start, f, args, None), f)
-                for lm, f in warm.items() if not finished(f, args.warm_start)]
+        todo = [
+            (f"warm_{lm}", run_overrides("adam", lm, args.warm_start, f, args, None), f)
+            for lm, f in warm.items()
+            if not finished(f, args.warm_start)
+        ]
         if runs.run(todo) or not all(finished(f, args.warm_start) for f in warm.values()):
             print("warm starts unfinished: run the same command again to continue", flush=True)
             return INCOMPLETE
-    todo = [(f"{o}_{lm}", run_overrides(o, lm, args.steps, f, args, warm[lm] / "last.pt" if warm else None), f)
-            for (o, lm), f in folders.items() if not finished(f, args.steps)]
+    todo = [
+        (f"{o}_{lm}", run_overrides(o, lm, args.steps, f, args, warm[lm] / "last.pt" if warm else None), f)
+        for (o, lm), f in folders.items()
+        if not finished(f, args.steps)
+    ]
     failed = runs.run(todo)
     unfinished = [f"{o}_{lm}" for (o, lm), f in folders.items() if not finished(f, args.steps)]
     if unfinished:
@@ -142,17 +171,40 @@ def main() -> int:
     for (optim, lmbda), folder in folders.items():
         point = operating_point(folder / "last.pt", test, device)
         history = load_checkpoint(folder / "last.pt")["history"]
-        point.update(optim=optim, lmbda=lmbda, train_history=[
-            {k: v for k, v in h.items() if k in ("step", "train/psnr", "train/bpp_loss", "train/task_weight_distortion",
-                                                 "train/effective_lambda", "val/psnr", "val/bpp_real")}
-            for h in history])
+        point.update(
+            optim=optim,
+            lmbda=lmbda,
+            train_history=[
+                {
+                    k: v
+                    for k, v in h.items()
+                    if k
+                    in (
+                        "step",
+                        "train/psnr",
+                        "train/bpp_loss",
+                        "train/task_weight_distortion",
+                        "train/effective_lambda",
+                        "val/psnr",
+                        "val/bpp_real",
+                    )
+                }
+                for h in history
+            ],
+        )
         curves[optim].append(point)
-        print(f"{optim:>9} lambda={lmbda:<8} bpp={point['bpp']:.4f} (estimate {point['bpp_estimate']:.4f}) "
-              f"PSNR={point['psnr']:.2f} dB", flush=True)
+        print(
+            f"{optim:>9} lambda={lmbda:<8} bpp={point['bpp']:.4f} (estimate {point['bpp_estimate']:.4f}) "
+            f"PSNR={point['psnr']:.2f} dB",
+            flush=True,
+        )
     for curve in curves.values():
         curve.sort(key=lambda q: q["lmbda"])
-    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **curves}
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        **curves,
+    }
     low, high, fraction = rd.quality_overlap(curves["adam"], curves["balanced"])
     result.update(psnr_overlap_db=[low, high], psnr_overlap_fraction_of_adam=fraction)
     for optim, curve in curves.items():
@@ -165,9 +217,13 @@ def main() -> int:
     except ValueError as err:
         result["bd_rate_error"] = str(err)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rd.plot_rd({"Adam": curves["adam"], "Balanced": curves["balanced"]}, args.out.with_suffix(".png"),
-               title=f"HPCM {args.model}, " + (f"{args.warm_start} Adam + " if args.warm_start else "")
-               + f"{args.steps} steps, test photos (real bytes)")
+    rd.plot_rd(
+        {"Adam": curves["adam"], "Balanced": curves["balanced"]},
+        args.out.with_suffix(".png"),
+        title=f"HPCM {args.model}, "
+        + (f"{args.warm_start} Adam + " if args.warm_start else "")
+        + f"{args.steps} steps, test photos (real bytes)",
+    )
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("adam", "balanced")}, indent=1))
     return 0

@@ -71,21 +71,45 @@ def quality_run(job: dict) -> dict:
 
     torch.set_num_threads(2)
     use_gate_scan(job["gate_scan"])
-    overrides = [*job["model"], *job["data"], f"seed={job['seed']}", f"seq_len={job['seq_len']}",
-                 f"batch_size={job['batch']}", f"loop.max_steps={job['steps']}", f"loop.eval_every={job['steps']}",
-                 "loop.ckpt_every=0", "loop.log_every=50", "loop.progress=false", "logger=none",
-                 f"precision={job['precision']}", "device=cuda", "diagnostics_every=0", "eval.max_batches=null",
-                 f"optim.lr={job['lr']}", f"optim.warmup_steps={job['warmup']}", "optim.min_lr=1e-5",
-                 f"checkpoint.dir={job['ckpt']}", f"hydra.run.dir={job['ckpt']}"]
+    overrides = [
+        *job["model"],
+        *job["data"],
+        f"seed={job['seed']}",
+        f"seq_len={job['seq_len']}",
+        f"batch_size={job['batch']}",
+        f"loop.max_steps={job['steps']}",
+        f"loop.eval_every={job['steps']}",
+        "loop.ckpt_every=0",
+        "loop.log_every=50",
+        "loop.progress=false",
+        "logger=none",
+        f"precision={job['precision']}",
+        "device=cuda",
+        "diagnostics_every=0",
+        "eval.max_batches=null",
+        f"optim.lr={job['lr']}",
+        f"optim.warmup_steps={job['warmup']}",
+        "optim.min_lr=1e-5",
+        f"checkpoint.dir={job['ckpt']}",
+        f"hydra.run.dir={job['ckpt']}",
+    ]
     start = time.perf_counter()
     summary = train(compose("phase2", overrides))
     if "final/val/bits_per_byte" not in summary:
         raise RuntimeError(f"{job['name']}: no final/val/bits_per_byte in the summary {sorted(summary)}")
-    out = {"name": job["name"], "seed": job["seed"], "val_bits_per_byte": summary["final/val/bits_per_byte"],
-           "val_loss": summary["final/val/loss"], "train_seconds": time.perf_counter() - start,
-           "tokens": job["steps"] * job["batch"] * job["seq_len"]}
-    print(f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f} bits/byte "
-          f"({out['train_seconds']:.0f} s)", flush=True)
+    out = {
+        "name": job["name"],
+        "seed": job["seed"],
+        "val_bits_per_byte": summary["final/val/bits_per_byte"],
+        "val_loss": summary["final/val/loss"],
+        "train_seconds": time.perf_counter() - start,
+        "tokens": job["steps"] * job["batch"] * job["seq_len"],
+    }
+    print(
+        f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f} bits/byte "
+        f"({out['train_seconds']:.0f} s)",
+        flush=True,
+    )
     return out
 
 
@@ -114,8 +138,14 @@ def time_training(model, T: int, batch: int, steps: int, warmup: int) -> dict:
         step()
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    return {"T": T, "batch": batch, "step_ms": seconds * 1e3, "tokens_per_s": batch * T / seconds,
-            "us_per_token": seconds / (batch * T) * 1e6, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "T": T,
+        "batch": batch,
+        "step_ms": seconds * 1e3,
+        "tokens_per_s": batch * T / seconds,
+        "us_per_token": seconds / (batch * T) * 1e6,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def gradient_check() -> dict:
@@ -124,8 +154,9 @@ def gradient_check() -> dict:
     grads, losses = [], []
     for impl in ("auto", "torch"):
         torch.manual_seed(0)
-        model = create_phase2_model(preset="small", vocab_size=VOCAB, n_seq=512, dropout=0.0,
-                                    use_triton_bk=impl == "auto").cuda()
+        model = create_phase2_model(
+            preset="small", vocab_size=VOCAB, n_seq=512, dropout=0.0, use_triton_bk=impl == "auto"
+        ).cuda()
         for block in model.blocks:
             block.memory.impl = impl
         loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
@@ -134,8 +165,13 @@ def gradient_check() -> dict:
         grads.append({n: p.grad for n, p in model.named_parameters()})
     errs = {n: ((grads[0][n] - g).norm() / g.norm().clamp_min(1e-30)).item() for n, g in grads[1].items()}
     worst = max(errs, key=errs.get)
-    return {"loss_triton": losses[0], "loss_torch": losses[1], "max_param_grad_rel_err": errs[worst],
-            "worst_param": worst, "ok": errs[worst] < 1e-3 and abs(losses[0] - losses[1]) < 1e-4 * losses[1]}
+    return {
+        "loss_triton": losses[0],
+        "loss_torch": losses[1],
+        "max_param_grad_rel_err": errs[worst],
+        "worst_param": worst,
+        "ok": errs[worst] < 1e-3 and abs(losses[0] - losses[1]) < 1e-4 * losses[1],
+    }
 
 
 def profile_step(T: int, batch: int, top: int = 15) -> dict:
@@ -161,12 +197,23 @@ def profile_step(T: int, batch: int, top: int = 15) -> dict:
         step()
         torch.cuda.synchronize()
     events = prof.key_averages()
-    row = lambda e: {"name": e.key[:90], "cuda_ms": e.device_time_total / 1e3,  # noqa: E731
-                     "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
-    return {"T": T, "batch": batch, "cuda_ms_total": sum(e.self_device_time_total for e in events) / 1e3,
-            "self_cpu_ms_total": sum(e.self_cpu_time_total for e in events) / 1e3,
-            "top_cuda": [row(e) for e in sorted(events, key=lambda e: e.device_time_total, reverse=True)[:top]],
-            "top_cpu": [row(e) for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]}
+
+    def row(e):
+        return {
+            "name": e.key[:90],
+            "cuda_ms": e.device_time_total / 1e3,
+            "self_cpu_ms": e.self_cpu_time_total / 1e3,
+            "calls": e.count,
+        }
+
+    return {
+        "T": T,
+        "batch": batch,
+        "cuda_ms_total": sum(e.self_device_time_total for e in events) / 1e3,
+        "self_cpu_ms_total": sum(e.self_cpu_time_total for e in events) / 1e3,
+        "top_cuda": [row(e) for e in sorted(events, key=lambda e: e.device_time_total, reverse=True)[:top]],
+        "top_cpu": [row(e) for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]],
+    }
 
 
 def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -> dict:
@@ -178,26 +225,38 @@ def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -
             torch.manual_seed(0)
             row = time_training(build(T), T, batch, steps, warmup=3)
             out[name].append(row)
-            print(f"{name:>12} T={T:>6} batch {batch}: {row['tokens_per_s']:>10.0f} tokens/s "
-                  f"{row['step_ms']:8.1f} ms/step  peak {row['peak_memory_gib']:.2f} GiB", flush=True)
+            print(
+                f"{name:>12} T={T:>6} batch {batch}: {row['tokens_per_s']:>10.0f} tokens/s "
+                f"{row['step_ms']:8.1f} ms/step  peak {row['peak_memory_gib']:.2f} GiB",
+                flush=True,
+            )
             torch.cuda.empty_cache()
     return out
 
 
 def summarise(result: dict, lengths: list[int]) -> dict:
     q = result["quality"]
-    mean = {m: sum(r["val_bits_per_byte"] for r in q if r["name"] == m) / sum(r["name"] == m for r in q)
-            for m in ("phase2", "transformer")}
+    mean = {
+        m: sum(r["val_bits_per_byte"] for r in q if r["name"] == m) / sum(r["name"] == m for r in q)
+        for m in ("phase2", "transformer")
+    }
     p2, tf = result["throughput"]["phase2"], result["throughput"]["transformer"]
     faster = [a["T"] for a, b in zip(p2, tf) if a["tokens_per_s"] > b["tokens_per_s"]]
     flat = max(r["us_per_token"] for r in p2) / min(r["us_per_token"] for r in p2)
-    return {"mean_val_bits_per_byte": mean, "bpb_ratio_phase2_vs_transformer": mean["phase2"] / mean["transformer"],
-            "phase2_faster_at": faster, "phase2_time_per_token_max_over_min": flat,
-            "speed_ratio_phase2_over_transformer": {str(a["T"]): a["tokens_per_s"] / b["tokens_per_s"]
-                                                    for a, b in zip(p2, tf)},
-            "goals": {"bpb_within_10pct": mean["phase2"] <= 1.10 * mean["transformer"],
-                      "faster_from_8192": all(T in faster for T in lengths if T >= 8192),
-                      "time_per_token_flat_15pct": flat <= 1.15}}
+    return {
+        "mean_val_bits_per_byte": mean,
+        "bpb_ratio_phase2_vs_transformer": mean["phase2"] / mean["transformer"],
+        "phase2_faster_at": faster,
+        "phase2_time_per_token_max_over_min": flat,
+        "speed_ratio_phase2_over_transformer": {
+            str(a["T"]): a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(p2, tf)
+        },
+        "goals": {
+            "bpb_within_10pct": mean["phase2"] <= 1.10 * mean["transformer"],
+            "faster_from_8192": all(T in faster for T in lengths if T >= 8192),
+            "time_per_token_flat_15pct": flat <= 1.15,
+        },
+    }
 
 
 def main() -> None:
@@ -214,21 +273,32 @@ def main() -> None:
     p.add_argument("--tokens-per-step", type=int, default=16384)
     p.add_argument("--timed-steps", type=int, default=8)
     p.add_argument("--skip-quality", action="store_true")
-    p.add_argument("--gate-scan", default=None, metavar="WARPS,PRECISION",
-                   help="gate-scan kernel variant, e.g. 8,ieee (default: the kernel's CONFIG)")
-    p.add_argument("--throughput-from", type=Path, default=None,
-                   help="reuse the throughput part of an earlier result file instead of measuring it")
+    p.add_argument(
+        "--gate-scan",
+        default=None,
+        metavar="WARPS,PRECISION",
+        help="gate-scan kernel variant, e.g. 8,ieee (default: the kernel's CONFIG)",
+    )
+    p.add_argument(
+        "--throughput-from",
+        type=Path,
+        default=None,
+        help="reuse the throughput part of an earlier result file instead of measuring it",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_lm.json"))
     args = p.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
     use_gate_scan(args.gate_scan)
 
     ffn, p2_params, tf_params = matched_ffn_dim(args.seq_len)
-    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "gate_scan": args.gate_scan or "default",
-              "parameters": {"phase2": p2_params, "transformer": tf_params},
-              "transformer_ffn_dim": ffn}
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "gate_scan": args.gate_scan or "default",
+        "parameters": {"phase2": p2_params, "transformer": tf_params},
+        "transformer_ffn_dim": ffn,
+    }
     print(f"parameters: Phase 2 small {p2_params:,}, Transformer {tf_params:,} (FFN {ffn})", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -240,23 +310,44 @@ def main() -> None:
         result["throughput"] = throughput(lengths, args.tokens_per_step, ffn, args.timed_steps)
         longest = max(lengths)
         result["profile_phase2"] = prof = profile_step(longest, max(1, args.tokens_per_step // longest))
-        print(f"profile T={longest}: CUDA {prof['cuda_ms_total']:.1f} ms, CPU {prof['self_cpu_ms_total']:.1f} ms",
-              flush=True)
+        print(
+            f"profile T={longest}: CUDA {prof['cuda_ms_total']:.1f} ms, CPU {prof['self_cpu_ms_total']:.1f} ms",
+            flush=True,
+        )
         for kind in ("top_cuda", "top_cpu"):
             for row in prof[kind]:
-                print(f"{kind}: {row['cuda_ms']:8.2f} ms CUDA {row['self_cpu_ms']:8.2f} ms CPU {row['calls']:5d}x  "
-                      f"{row['name']}", flush=True)
+                print(
+                    f"{kind}: {row['cuda_ms']:8.2f} ms CUDA {row['self_cpu_ms']:8.2f} ms CPU {row['calls']:5d}x  "
+                    f"{row['name']}",
+                    flush=True,
+                )
     args.out.write_text(json.dumps(result, indent=1) + "\n")  # keep what is done if the run is cut short
 
     if not args.skip_quality:
         data = ["data=file", f"data.path={args.data}"] if args.data else ["data=builtin"]
-        models = {"phase2": ["model=small"], "transformer": ["model=transformer", f"model.ffn_dim={ffn}",
-                                                             f"model.max_len={args.seq_len}"]}
+        models = {
+            "phase2": ["model=small"],
+            "transformer": ["model=transformer", f"model.ffn_dim={ffn}", f"model.max_len={args.seq_len}"],
+        }
         root = Path(tempfile.mkdtemp())
-        jobs = [dict(name=name, model=m, data=data, seed=int(s), seq_len=args.seq_len, batch=args.batch,
-                     steps=args.steps, lr=args.lr, warmup=args.warmup, precision=args.precision,
-                     ckpt=str(root / f"{name}_{s}"), gate_scan=args.gate_scan)
-                for s in args.seeds.split(",") for name, m in models.items()]
+        jobs = [
+            dict(
+                name=name,
+                model=m,
+                data=data,
+                seed=int(s),
+                seq_len=args.seq_len,
+                batch=args.batch,
+                steps=args.steps,
+                lr=args.lr,
+                warmup=args.warmup,
+                precision=args.precision,
+                ckpt=str(root / f"{name}_{s}"),
+                gate_scan=args.gate_scan,
+            )
+            for s in args.seeds.split(",")
+            for name, m in models.items()
+        ]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             result["quality"] = pool.map(quality_run, jobs)
         result["summary"] = summarise(result, lengths)

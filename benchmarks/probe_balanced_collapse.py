@@ -58,10 +58,13 @@ def probe_run(name: str, args) -> dict:
                 enc_r = [g for p, g in zip(params, g_r) if id(p) in ids]
                 dot = sum((a.float() * b.float()).sum() for a, b in zip(g_d, g_r) if a is not None and b is not None)
                 n_d, n_r = _norm(g_d), _norm(g_r)
-                self.measured = {"grad_norm_distortion": float(n_d), "grad_norm_rate": float(n_r),
-                                 "grad_cosine": float(dot / (n_d * n_r + 1e-30)),
-                                 "encoder_grad_norm_distortion": float(_norm(enc_d)),
-                                 "encoder_grad_norm_rate": float(_norm(enc_r))}
+                self.measured = {
+                    "grad_norm_distortion": float(n_d),
+                    "grad_norm_rate": float(n_r),
+                    "grad_cosine": float(dot / (n_d * n_r + 1e-30)),
+                    "encoder_grad_norm_distortion": float(_norm(enc_d)),
+                    "encoder_grad_norm_rate": float(_norm(enc_r)),
+                }
             super().backward(out)
 
         def after_step(self, batch, out):
@@ -72,19 +75,38 @@ def probe_run(name: str, args) -> dict:
             return extra
 
     phase1_train.CodecHooks = ProbeHooks
-    overrides = [f"model={args.model}", *VARIANTS[name], f"lmbda={args.lmbda}", f"optim.lr={args.lr}",
-                 f"data.batch_size={args.batch}", f"data.patch_size={args.patch}", f"loop.max_steps={args.steps}",
-                 "loop.log_every=1", f"loop.eval_every={args.steps}", "loop.ckpt_every=0", "loop.progress=false",
-                 "logger=none", f"device={args.device}", f"checkpoint.dir={tempfile.mkdtemp()}",
-                 f"paths.output_root={tempfile.mkdtemp()}", "eval.real_bitstreams=false"]
+    overrides = [
+        f"model={args.model}",
+        *VARIANTS[name],
+        f"lmbda={args.lmbda}",
+        f"optim.lr={args.lr}",
+        f"data.batch_size={args.batch}",
+        f"data.patch_size={args.patch}",
+        f"loop.max_steps={args.steps}",
+        "loop.log_every=1",
+        f"loop.eval_every={args.steps}",
+        "loop.ckpt_every=0",
+        "loop.progress=false",
+        "logger=none",
+        f"device={args.device}",
+        f"checkpoint.dir={tempfile.mkdtemp()}",
+        f"paths.output_root={tempfile.mkdtemp()}",
+        "eval.real_bitstreams=false",
+    ]
     if name == "balanced_warmup":
         overrides.append(f"optim.warmup_steps={args.warmup}")
     points = []
     start = time.perf_counter()
-    summary = phase1_train.train(compose("phase1", overrides),
-                                 on_log=lambda step, point: points.append({"step": step, **point}))
-    return {"name": name, "overrides": overrides, "seconds": time.perf_counter() - start,
-            "summary": summary, "points": points}
+    summary = phase1_train.train(
+        compose("phase1", overrides), on_log=lambda step, point: points.append({"step": step, **point})
+    )
+    return {
+        "name": name,
+        "overrides": overrides,
+        "seconds": time.perf_counter() - start,
+        "summary": summary,
+        "points": points,
+    }
 
 
 def _job(job):
@@ -97,15 +119,22 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train/psnr", "PSNR (dB), train batch"), ("train/bpp_loss", "rate (bpp), train batch"),
-              ("train/task_weight_distortion", "FAMO z_D"), ("train/effective_lambda", "effective lambda"),
-              ("train/grad_norm_rate/distortion", "||grad R|| / ||grad D||")]
+    panels = [
+        ("train/psnr", "PSNR (dB), train batch"),
+        ("train/bpp_loss", "rate (bpp), train batch"),
+        ("train/task_weight_distortion", "FAMO z_D"),
+        ("train/effective_lambda", "effective lambda"),
+        ("train/grad_norm_rate/distortion", "||grad R|| / ||grad D||"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, label) in zip(axes, panels):
         for run in result["runs"]:
             if key == "train/grad_norm_rate/distortion":
-                pts = [(p["step"], p["train/grad_norm_rate"] / p["train/grad_norm_distortion"])
-                       for p in run["points"] if "train/grad_norm_rate" in p]
+                pts = [
+                    (p["step"], p["train/grad_norm_rate"] / p["train/grad_norm_distortion"])
+                    for p in run["points"]
+                    if "train/grad_norm_rate" in p
+                ]
             else:
                 pts = [(p["step"], p[key]) for p in run["points"] if key in p]
             if pts:
@@ -137,9 +166,12 @@ def main() -> None:
     names = args.variants.split(",")
     with ProcessPoolExecutor(len(names), mp_context=mp.get_context("spawn")) as pool:
         runs = list(pool.map(_job, [(name, args) for name in names]))
-    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "runs": runs}
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out.with_suffix(".png"))
@@ -147,8 +179,11 @@ def main() -> None:
         last = [q for q in run["points"] if "train/psnr" in q][-20:]
         psnr = sum(q["train/psnr"] for q in last) / len(last)
         bpp = sum(q["train/bpp_loss"] for q in last) / len(last)
-        print(f"{run['name']:>22}: last 20 steps PSNR {psnr:.2f} dB, bpp {bpp:.3f}; {run['seconds']:.0f} s "
-              f"({run['seconds'] / args.steps * 1000:.0f} ms/step in parallel)", flush=True)
+        print(
+            f"{run['name']:>22}: last 20 steps PSNR {psnr:.2f} dB, bpp {bpp:.3f}; {run['seconds']:.0f} s "
+            f"({run['seconds'] / args.steps * 1000:.0f} ms/step in parallel)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

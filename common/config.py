@@ -85,8 +85,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from common.checkpoint import CheckpointError
     from common.loop import NonFiniteLossError  # a diverged run: its message names the fix
 
-    return (UserError, CheckpointError, FileNotFoundError, ValueError, HydraException, OmegaConfBaseException,
-            NonFiniteLossError)
+    return (
+        UserError,
+        CheckpointError,
+        FileNotFoundError,
+        ValueError,
+        HydraException,
+        OmegaConfBaseException,
+        NonFiniteLossError,
+    )
 
 
 def _is_group_selection(name: str, key: str) -> bool:
@@ -140,8 +147,12 @@ def _check_type(key: str, default: Any, value: Any) -> None:
         raise UserError(f"{key}={value!r} must be true or false")
     if number(default) and not number(value):
         raise UserError(f"{key}={value!r} must be a number (default {default!r})")
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
-            and not value.is_integer():
+    if (
+        isinstance(default, int)
+        and not isinstance(default, bool)
+        and isinstance(value, float)
+        and not value.is_integer()
+    ):
         raise UserError(f"{key}={value!r} must be a whole number (default {default!r})")
 
 

@@ -326,6 +326,8 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
         raise ValueError(f"unknown loop option(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = LoopConfig(**values)
     if cfg.monitor.startswith("test/"):
-        raise ValueError(f"loop.monitor={cfg.monitor} would pick checkpoints on the test data; monitor a "
-                         "validation metric (val/loss): the test split is for final numbers only")
+        raise ValueError(
+            f"loop.monitor={cfg.monitor} would pick checkpoints on the test data; monitor a "
+            "validation metric (val/loss): the test split is for final numbers only"
+        )
     return cfg

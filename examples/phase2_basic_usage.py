@@ -1,6 +1,6 @@
 """Phase 2 basics (seed 001, section 1): build a model, run it, stream with a state, read its statistics.
 
-    python examples/phase2_basic_usage.py
+python examples/phase2_basic_usage.py
 """
 
 import torch

@@ -20,8 +20,10 @@ args = p.parse_args()
 lm = load_language_model(args.checkpoint)
 diag = run_diagnostics(lm, text_documents("builtin", "val")[:5])
 for layer, (gamma, snr, stab) in enumerate(zip(diag["gamma_values"], diag["snr_stats"], diag["stability_metrics"])):
-    print(f"layer {layer}: Gamma {gamma.float().mean():.4f}, SNR {snr.get('mean_snr', float('nan')):.3f}, "
-          f"stable ratio {stab.get('lyapunov_stable_ratio', float('nan')):.2f}")
+    print(
+        f"layer {layer}: Gamma {gamma.float().mean():.4f}, SNR {snr.get('mean_snr', float('nan')):.3f}, "
+        f"stable ratio {stab.get('lyapunov_stable_ratio', float('nan')):.2f}"
+    )
 tokens = int(diag["gamma_values"][0].shape[1])
 out = Path(args.out)
 plot_all(diag, lm.model.config.gate_interval, tokens, out)

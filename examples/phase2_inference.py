@@ -1,6 +1,6 @@
 """Phase 2 inference (seed 001, section 3): greedy, top-k and top-p sampling, a batch, streaming, perplexity.
 
-    python examples/phase2_inference.py CHECKPOINT [--text notes.txt]
+python examples/phase2_inference.py CHECKPOINT [--text notes.txt]
 """
 
 import argparse

@@ -18,9 +18,21 @@ p.add_argument("--text", default=None, help="a text file or folder instead of th
 args = p.parse_args()
 
 data = ["data=file", f"data.path={args.text}"] if args.text else ["data=builtin"]
-overrides = ["model=debug", *data, "seq_len=64", "batch_size=8", f"loop.max_steps={args.steps}",
-             f"loop.eval_every={args.steps}", "eval.max_batches=8", "diagnostics_every=10", "logger=none",
-             f"checkpoint.dir={args.out}/checkpoints", f"paths.output_root={args.out}"]
+overrides = [
+    "model=debug",
+    *data,
+    "seq_len=64",
+    "batch_size=8",
+    f"loop.max_steps={args.steps}",
+    f"loop.eval_every={args.steps}",
+    "eval.max_batches=8",
+    "diagnostics_every=10",
+    "logger=none",
+    f"checkpoint.dir={args.out}/checkpoints",
+    f"paths.output_root={args.out}",
+]
 summary = train(compose("phase2", overrides))
-print(f"val loss {summary['final/val/loss']:.3f}, {summary['final/val/bits_per_byte']:.3f} bits/byte "
-      f"after {int(summary['global_step'])} steps; checkpoints in {args.out}/checkpoints")
+print(
+    f"val loss {summary['final/val/loss']:.3f}, {summary['final/val/bits_per_byte']:.3f} bits/byte "
+    f"after {int(summary['global_step'])} steps; checkpoints in {args.out}/checkpoints"
+)

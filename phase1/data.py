@@ -140,7 +140,8 @@ class ImageCrops(Dataset):
         report = scan(paths, min_size=patch_size or 1)
         if report.skipped:
             warnings.warn(
-                f"{name}: {len(report.skipped)} of {len(paths)} files left out: " + "; ".join(report.skipped[:5])
+                f"{name}: {len(report.skipped)} of {len(paths)} files left out: "
+                + "; ".join(report.skipped[:5])
                 + (" ..." if len(report.skipped) > 5 else ""),
                 stacklevel=2,
             )
@@ -222,7 +223,9 @@ def image_paths(source: str, root: str | None, split: str, val_count: int = 2) -
         return list_images(base / split)
     train = list_images(base / "train")
     if not 1 <= val_count < len(train):
-        raise ValueError(f"data.val_count={val_count}: {base}/train holds {len(train)} images and has no val/ "
-                         "folder; hold out at least 1 and leave at least 1 to train on (or add root/val)")
+        raise ValueError(
+            f"data.val_count={val_count}: {base}/train holds {len(train)} images and has no val/ "
+            "folder; hold out at least 1 and leave at least 1 to train on (or add root/val)"
+        )
     held = set(sorted(train, key=lambda p: hashlib.sha1(str(p.relative_to(base)).encode()).hexdigest())[:val_count])
     return sorted(held) if split == "val" else [p for p in train if p not in held]

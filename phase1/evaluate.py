@@ -62,8 +62,7 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, real: bool = True, criteri
         _sync(device)
         t2 = time.perf_counter()
         x_hat = dec["x_hat"].clamp(0, 1)
-        metrics.update(bpp=stream_bytes(enc["strings"]) * 8 / num_pixels, encoding_time=t1 - t0,
-                       decoding_time=t2 - t1)
+        metrics.update(bpp=stream_bytes(enc["strings"]) * 8 / num_pixels, encoding_time=t1 - t0, decoding_time=t2 - t1)
     mse = torch.mean((x_hat - x) ** 2)
     metrics.update(mse=float(mse), **{"psnr-rgb": psnr(mse)})
     if min(x.shape[-2:]) >= MS_SSIM_MIN_SIDE:
@@ -72,8 +71,9 @@ def evaluate_image(model: nn.Module, x: torch.Tensor, real: bool = True, criteri
 
 
 @torch.no_grad()
-def evaluate_images(model: nn.Module, paths: list[Path], device: torch.device, real: bool = True,
-                    criterion=None) -> dict:
+def evaluate_images(
+    model: nn.Module, paths: list[Path], device: torch.device, real: bool = True, criterion=None
+) -> dict:
     """Per-image and mean metrics over `paths`; `model.update()` must have run when `real`."""
     model.eval()
     per_image = {}
@@ -81,8 +81,7 @@ def evaluate_images(model: nn.Module, paths: list[Path], device: torch.device, r
         x, _ = load_rgb(path)
         per_image[path.name] = evaluate_image(model, x.unsqueeze(0).to(device), real=real, criterion=criterion)
     keys = sorted({k for m in per_image.values() for k in m})
-    mean = {k: sum(m[k] for m in per_image.values() if k in m) / sum(k in m for m in per_image.values())
-            for k in keys}
+    mean = {k: sum(m[k] for m in per_image.values() if k in m) / sum(k in m for m in per_image.values()) for k in keys}
     return {"mean": mean, "per_image": per_image}
 
 

@@ -50,8 +50,9 @@ def bd_rate(anchor: Curve, test: Curve, min_overlap: float = 0.0) -> float:
     _check([p["bpp"] for p in test], [p["psnr"] for p in test], "test curve")
     ra, pa = _sorted_xy([p["bpp"] for p in anchor], [p["psnr"] for p in anchor])
     rt, pt = _sorted_xy([p["bpp"] for p in test], [p["psnr"] for p in test])
-    return float(bjontegaard.bd_rate(ra, pa, rt, pt, method="pchip", require_matching_points=False,
-                                     min_overlap=min_overlap))
+    return float(
+        bjontegaard.bd_rate(ra, pa, rt, pt, method="pchip", require_matching_points=False, min_overlap=min_overlap)
+    )
 
 
 def bd_psnr(anchor: Curve, test: Curve, min_overlap: float = 0.0) -> float:
@@ -60,8 +61,9 @@ def bd_psnr(anchor: Curve, test: Curve, min_overlap: float = 0.0) -> float:
 
     ra, pa = _sorted_xy([p["bpp"] for p in anchor], [p["psnr"] for p in anchor])
     rt, pt = _sorted_xy([p["bpp"] for p in test], [p["psnr"] for p in test])
-    return float(bjontegaard.bd_psnr(ra, pa, rt, pt, method="pchip", require_matching_points=False,
-                                     min_overlap=min_overlap))
+    return float(
+        bjontegaard.bd_psnr(ra, pa, rt, pt, method="pchip", require_matching_points=False, min_overlap=min_overlap)
+    )
 
 
 MIN_IMAGES_FOR_INTERVAL = 8  # below this a per-image bootstrap has too few distinct resamples to mean anything
@@ -83,8 +85,10 @@ def _per_image_table(curve: Curve, name: str) -> tuple[np.ndarray, np.ndarray]:
     for i, point in enumerate(curve):
         for key, values in (("bpp", bpp[i]), ("psnr", psnr[i])):
             if key in point and not np.isclose(point[key], values.mean(), rtol=1e-9, atol=1e-9):
-                raise ValueError(f"{name} point {i}: '{key}' {point[key]:.6g} is not the mean of its per-image "
-                                 f"values ({values.mean():.6g}); BD-rate needs one definition (mean over images)")
+                raise ValueError(
+                    f"{name} point {i}: '{key}' {point[key]:.6g} is not the mean of its per-image "
+                    f"values ({values.mean():.6g}); BD-rate needs one definition (mean over images)"
+                )
     return bpp, psnr
 
 
@@ -101,8 +105,10 @@ def _check_same_images(anchor: Curve, test: Curve) -> int:
         raise ValueError("every operating point must be measured on the same test images")
     names = [p["images"] for p in points if "images" in p]
     if any(list(x) != list(names[0]) for x in names):
-        raise ValueError("the operating points list different test images (or in another order); pairing needs "
-                         "the same images everywhere")
+        raise ValueError(
+            "the operating points list different test images (or in another order); pairing needs "
+            "the same images everywhere"
+        )
     return n
 
 
@@ -120,12 +126,10 @@ def _bd_rate_any_order(ra: np.ndarray, pa: np.ndarray, rt: np.ndarray, pt: np.nd
         return np.exp(log_rates), psnrs
 
     (ra, pa), (rt, pt) = by_psnr(ra, pa), by_psnr(rt, pt)
-    return float(bjontegaard.bd_rate(ra, pa, rt, pt, method="pchip", require_matching_points=False,
-                                     min_overlap=0))
+    return float(bjontegaard.bd_rate(ra, pa, rt, pt, method="pchip", require_matching_points=False, min_overlap=0))
 
 
-def bd_rate_bootstrap(anchor: Curve, test: Curve, samples: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict:
+def bd_rate_bootstrap(anchor: Curve, test: Curve, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """BD-rate with a paired per-image bootstrap percentile interval.
 
     Every curve point is (mean over images of per-image bpp, mean over images of per-image PSNR), CompressAI's
@@ -143,8 +147,16 @@ def bd_rate_bootstrap(anchor: Curve, test: Curve, samples: int = 1000, seed: int
     n = _check_same_images(anchor, test)
     (ba, qa), (bt, qt) = _per_image_table(anchor, "anchor curve"), _per_image_table(test, "test curve")
     point = bd_rate(_mean_curve(ba, qa), _mean_curve(bt, qt))
-    result = {"bd_rate": point, "ci_low": None, "ci_high": None, "level": level, "n_images": n, "samples": 0,
-              "non_monotone": 0, "note": None}
+    result = {
+        "bd_rate": point,
+        "ci_low": None,
+        "ci_high": None,
+        "level": level,
+        "n_images": n,
+        "samples": 0,
+        "non_monotone": 0,
+        "note": None,
+    }
     if n < MIN_IMAGES_FOR_INTERVAL:
         result["note"] = f"too few images for an interval ({n} images; needs at least {MIN_IMAGES_FOR_INTERVAL})"
         return result
@@ -172,8 +184,9 @@ def plot_rd(curves: dict[str, Curve], path: str | Path, title: str = "Rate-disto
         ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o", label=name)
         for p in pts:
             if "lmbda" in p:
-                ax.annotate(f"{p['lmbda']:g}", (p["bpp"], p["psnr"]), fontsize=7, xytext=(3, -9),
-                            textcoords="offset points")
+                ax.annotate(
+                    f"{p['lmbda']:g}", (p["bpp"], p["psnr"]), fontsize=7, xytext=(3, -9), textcoords="offset points"
+                )
     ax.set_xlabel("bits per pixel (real bitstreams)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title)

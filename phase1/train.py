@@ -37,8 +37,13 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, **common)
     if cfg.name == "balanced":
         return Balanced(
-            params, n_tasks=2, gamma=cfg.gamma, w_lr=cfg.w_lr, min_losses=list(cfg.min_losses),
-            task_weight_update=cfg.task_weight_update, warmup_steps=int(cfg.get("warmup_steps", 0)),
+            params,
+            n_tasks=2,
+            gamma=cfg.gamma,
+            w_lr=cfg.w_lr,
+            min_losses=list(cfg.min_losses),
+            task_weight_update=cfg.task_weight_update,
+            warmup_steps=int(cfg.get("warmup_steps", 0)),
             max_norm=0.0,  # the shared loop clips (loop.clip_grad_norm), once, for every optimizer
             **common,
         )
@@ -48,8 +53,17 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 class CodecHooks(StepHooks):
     """The phase-1 step: R-D loss; with Balanced, FAMO-weighted backward and the task-weight update."""
 
-    def __init__(self, model, optimizer, criterion: RateDistortionLoss, device, precision: str,
-                 val_paths: list[Path], test_paths: list[Path], real_bitstreams: bool):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        criterion: RateDistortionLoss,
+        device,
+        precision: str,
+        val_paths: list[Path],
+        test_paths: list[Path],
+        real_bitstreams: bool,
+    ):
         super().__init__(model, optimizer)
         self.criterion, self.device, self.precision = criterion, device, precision
         self.val_paths, self.test_paths, self.real_bitstreams = val_paths, test_paths, real_bitstreams
@@ -101,8 +115,11 @@ class CodecHooks(StepHooks):
 
             self.optimizer.update_task_weights_replayed(task_losses, self._rng_before_forward)
         w = self.optimizer.task_weights.tolist()
-        return {"task_weight_distortion": w[0], "task_weight_bpp": w[1],
-                "effective_lambda": self.criterion.lmbda * w_distortion / w_rate}
+        return {
+            "task_weight_distortion": w[0],
+            "task_weight_bpp": w[1],
+            "effective_lambda": self.criterion.lmbda * w_distortion / w_rate,
+        }
 
     def items_in(self, batch: torch.Tensor) -> int:
         return int(batch.shape[0])
@@ -120,10 +137,13 @@ class CodecHooks(StepHooks):
         model = unwrap(self.model)  # every rank evaluates the same weights on the same images
         if self.real_bitstreams:
             model.update(force=True)
-        mean = evaluate_images(model, paths, self.device, real=self.real_bitstreams,
-                               criterion=self.criterion)["mean"]
-        metrics = {f"{split}/loss": mean["loss"], f"{split}/distortion": mean["distortion"],
-                   f"{split}/bpp_loss": mean["bpp_loss"], f"{split}/psnr": mean["psnr-rgb"]}
+        mean = evaluate_images(model, paths, self.device, real=self.real_bitstreams, criterion=self.criterion)["mean"]
+        metrics = {
+            f"{split}/loss": mean["loss"],
+            f"{split}/distortion": mean["distortion"],
+            f"{split}/bpp_loss": mean["bpp_loss"],
+            f"{split}/psnr": mean["psnr-rgb"],
+        }
         if self.real_bitstreams:
             metrics[f"{split}/bpp_real"] = mean["bpp"]
         if "ms-ssim-rgb" in mean:
@@ -140,16 +160,23 @@ def build_model(cfg_model: DictConfig) -> torch.nn.Module:
 def _data(cfg: DictConfig, dist: runtime.DistInfo):
     """Training batches, validation and test images: three disjoint sets (phase1.data.image_paths)."""
     source, root, val_count = cfg.data.source, cfg.data.root, cfg.data.get("val_count", 2)
-    train_paths, val_paths, test_paths = (image_paths(source, root, split, val_count)
-                                          for split in ("train", "val", "test"))
+    train_paths, val_paths, test_paths = (
+        image_paths(source, root, split, val_count) for split in ("train", "val", "test")
+    )
     if cfg.eval.max_images:
         val_paths, test_paths = val_paths[: cfg.eval.max_images], test_paths[: cfg.eval.max_images]
     crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images", cache=cfg.data.get("cache", False))
     train_set = RepeatedDataset(crops, cfg.data.repeats) if cfg.data.repeats > 1 else crops
     if cfg.get("overfit_batches"):
         train_set = torch.utils.data.Subset(train_set, range(cfg.data.batch_size * cfg.overfit_batches))
-    batches = EpochBatches(train_set, cfg.data.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                           rank=dist.rank, world_size=dist.world_size)
+    batches = EpochBatches(
+        train_set,
+        cfg.data.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     return batches, val_paths, test_paths
 
 
@@ -169,22 +196,42 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
 
         load_weights_into(model, cfg.init_from)
     if dist.enabled:  # the global batch is world_size x data.batch_size
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank]
-                                                          if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps,
-                                warmup_steps=cfg.schedule.warmup_steps)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps, warmup_steps=cfg.schedule.warmup_steps
+    )
     batches, val_paths, test_paths = _data(cfg, dist)
-    hooks = CodecHooks(model, optimizer, RateDistortionLoss(cfg.lmbda, cfg.loss_metric), device, cfg.precision,
-                       val_paths, test_paths, cfg.eval.real_bitstreams)
+    hooks = CodecHooks(
+        model,
+        optimizer,
+        RateDistortionLoss(cfg.lmbda, cfg.loss_metric),
+        device,
+        cfg.precision,
+        val_paths,
+        test_paths,
+        cfg.eval.real_bitstreams,
+    )
 
     resume_from = resolve_resume(cfg.resume)
     run_id = load_checkpoint(resume_from, kind=KIND)["mlflow_run_id"] if resume_from else None
     logger = create_logger(cfg.logger, run_id=run_id or None, is_main=dist.is_main)
     folder = configs.run_dir(cfg)
     checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
-    loop = Loop(loop_cfg, hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
-                is_main=dist.is_main, on_log=on_log)
+    loop = Loop(
+        loop_cfg,
+        hooks,
+        batches,
+        scheduler,
+        logger,
+        checkpoints,
+        config=plain,
+        kind=KIND,
+        is_main=dist.is_main,
+        on_log=on_log,
+    )
     try:
         tags = {"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name, "run_dir": folder}
         if cfg.get("rd_set"):  # the R-D curve this run belongs to (reports draw one per rd_set and optimizer)

@@ -44,8 +44,10 @@ class TransformerLMConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TransformerLMConfig.{name}={value!r}: must be a positive integer")
         if self.d_model % self.n_heads:
-            raise ValueError(f"TransformerLMConfig.d_model={self.d_model} is not divisible by "
-                             f"n_heads={self.n_heads}; pick n_heads dividing d_model")
+            raise ValueError(
+                f"TransformerLMConfig.d_model={self.d_model} is not divisible by "
+                f"n_heads={self.n_heads}; pick n_heads dividing d_model"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerLMConfig.dropout={self.dropout!r}: must be in [0, 1)")
         if self.activation not in ACTIVATIONS:
@@ -109,8 +111,9 @@ class Embeddings(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         T = ids.size(1)
         if T > self.pe.size(0):
-            raise ValueError(f"sequence length {T} exceeds max_len={self.pe.size(0)}; build the model with a "
-                             "larger max_len")
+            raise ValueError(
+                f"sequence length {T} exceeds max_len={self.pe.size(0)}; build the model with a larger max_len"
+            )
         return self.drop(self.tok(ids) * self.scale + self.pe[:T])  # (B, T, D)
 
 
@@ -182,8 +185,17 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Seed 002's encoder-decoder. forward returns logits over the target vocabulary."""
 
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, num_layers: int = 6,
-                 num_heads: int = 8, d_ff: int = 2048, max_len: int = 5000, dropout: float = 0.1):
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        d_model: int = 512,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        d_ff: int = 2048,
+        max_len: int = 5000,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.src_embed = Embeddings(src_vocab_size, d_model, max_len, dropout)
         self.tgt_embed = Embeddings(tgt_vocab_size, d_model, max_len, dropout)
@@ -208,8 +220,15 @@ class Transformer(nn.Module):
 
 
 @torch.no_grad()
-def greedy_decode(model: Transformer, src: torch.Tensor, src_mask: torch.Tensor, max_len: int, start_symbol: int,
-                  end_symbol: int, device=None) -> torch.Tensor:
+def greedy_decode(
+    model: Transformer,
+    src: torch.Tensor,
+    src_mask: torch.Tensor,
+    max_len: int,
+    start_symbol: int,
+    end_symbol: int,
+    device=None,
+) -> torch.Tensor:
     """Seed 002's greedy decoding, batched: (B, S) -> (B, <= max_len + 1) starting with start_symbol.
 
     The encoder runs once; the decoder re-reads the growing prefix. Rows that produced end_symbol keep
@@ -239,8 +258,10 @@ class TransformerLM(nn.Module):
         super().__init__()
         self.config = c = config.validate()
         self.embed = Embeddings(c.vocab_size, c.d_model, c.max_len, c.dropout)
-        self.blocks = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.ffn_dim, c.dropout, c.activation,
-                                                 cross=False) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(
+            DecoderLayer(c.d_model, c.n_heads, c.ffn_dim, c.dropout, c.activation, cross=False)
+            for _ in range(c.n_layers)
+        )
         self.fc_out = nn.Linear(c.d_model, c.vocab_size, bias=not c.tie_embeddings)
         if c.tie_embeddings:
             self.fc_out.weight = self.embed.tok.weight

@@ -92,40 +92,68 @@ class Phase2Config:
 
     def validate(self) -> Phase2Config:
         """Raise ValueError naming the first bad field; returns self so calls chain."""
-        for name in ("vocab_size", "d_model", "n_layers", "n_seq", "num_heads", "head_dim", "chunk_size",
-                     "gate_interval", "triton_block_size"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_seq",
+            "num_heads",
+            "head_dim",
+            "chunk_size",
+            "gate_interval",
+            "triton_block_size",
+        ):
             _positive_int(self, name)
         if self.ffn_dim is not None:
             _positive_int(self, "ffn_dim")
-        for name in ("base_decay", "hebbian_eta", "hebbian_dt", "snr_threshold", "target_vram_gb",
-                     "target_speedup_triton"):
+        for name in (
+            "base_decay",
+            "hebbian_eta",
+            "hebbian_dt",
+            "snr_threshold",
+            "target_vram_gb",
+            "target_speedup_triton",
+        ):
             _positive(self, name)
         for name in ("snr_gamma_boost", "snr_eta_boost"):
             if _number(self, name) < 1.0:
-                raise ValueError(f"Phase2Config.{name}={getattr(self, name)!r}: a boost must be >= 1 "
-                                 "(1 switches it off)")
+                raise ValueError(
+                    f"Phase2Config.{name}={getattr(self, name)!r}: a boost must be >= 1 (1 switches it off)"
+                )
         if not 0.0 <= _number(self, "dropout") < 1.0:
             raise ValueError(f"Phase2Config.dropout={self.dropout!r}: must be in [0, 1)")
         if not 0.0 < _number(self, "resonance_energy_threshold") < 1.0:
-            raise ValueError(f"Phase2Config.resonance_energy_threshold={self.resonance_energy_threshold!r}: it is "
-                             "a fraction of the memory's energy, in (0, 1)")
+            raise ValueError(
+                f"Phase2Config.resonance_energy_threshold={self.resonance_energy_threshold!r}: it is "
+                "a fraction of the memory's energy, in (0, 1)"
+            )
         if not 0.0 <= _number(self, "gamma_adjust_rate") < 1.0:
             raise ValueError(f"Phase2Config.gamma_adjust_rate={self.gamma_adjust_rate!r}: must be in [0, 1)")
-        for name in ("adaptive_decay", "resonance_enabled", "use_zeta_init", "zeta_embedding_trainable",
-                     "use_triton_bk", "tie_embeddings"):
+        for name in (
+            "adaptive_decay",
+            "resonance_enabled",
+            "use_zeta_init",
+            "zeta_embedding_trainable",
+            "use_triton_bk",
+            "tie_embeddings",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Phase2Config.{name}={getattr(self, name)!r}: must be True or False")
         p1 = self.phase1_config
         if p1 is not None:
             if not isinstance(p1, TransformerLMConfig):
-                raise ValueError(f"Phase2Config.phase1_config has type {type(p1).__name__}; pass a "
-                                 "TransformerLMConfig (phase2.baseline), its dict, or None")
+                raise ValueError(
+                    f"Phase2Config.phase1_config has type {type(p1).__name__}; pass a "
+                    "TransformerLMConfig (phase2.baseline), its dict, or None"
+                )
             p1.validate()
             for name in ("vocab_size", "d_model"):
                 if getattr(p1, name) != getattr(self, name):
-                    raise ValueError(f"Phase2Config.phase1_config.{name}={getattr(p1, name)} differs from "
-                                     f"{name}={getattr(self, name)}: weights could not be copied; use "
-                                     "Phase2Config.from_phase1(phase1_config)")
+                    raise ValueError(
+                        f"Phase2Config.phase1_config.{name}={getattr(p1, name)} differs from "
+                        f"{name}={getattr(self, name)}: weights could not be copied; use "
+                        "Phase2Config.from_phase1(phase1_config)"
+                    )
             if p1.activation not in ACTIVATIONS:
                 raise ValueError(f"Phase2Config.phase1_config.activation={p1.activation!r} is unknown")
         return self
@@ -150,9 +178,18 @@ class Phase2Config:
         if not isinstance(baseline_config, TransformerLMConfig):
             raise ValueError(f"from_phase1 needs a TransformerLMConfig, got {type(baseline_config).__name__}")
         b = baseline_config.validate()
-        base = dict(phase1_config=b, vocab_size=b.vocab_size, d_model=b.d_model, n_layers=b.n_layers,
-                    n_seq=b.max_len, ffn_dim=b.ffn_dim, dropout=b.dropout, num_heads=b.n_heads,
-                    head_dim=b.d_model // b.n_heads, tie_embeddings=b.tie_embeddings)
+        base = dict(
+            phase1_config=b,
+            vocab_size=b.vocab_size,
+            d_model=b.d_model,
+            n_layers=b.n_layers,
+            n_seq=b.max_len,
+            ffn_dim=b.ffn_dim,
+            dropout=b.dropout,
+            num_heads=b.n_heads,
+            head_dim=b.d_model // b.n_heads,
+            tie_embeddings=b.tie_embeddings,
+        )
         base.update(overrides)
         return cls(**base).validate()
 
@@ -183,8 +220,19 @@ def _positive_int(cfg, name):
 
 # Seed 003's presets (heads x head_dim = d_model) and a CPU-sized one for tests and smoke runs.
 PRESETS: dict[str, dict] = {
-    "debug": dict(vocab_size=256, d_model=64, n_layers=2, n_seq=256, num_heads=2, head_dim=32, ffn_dim=256,
-                  dropout=0.0, chunk_size=16, gate_interval=32, target_vram_gb=1.0),
+    "debug": dict(
+        vocab_size=256,
+        d_model=64,
+        n_layers=2,
+        n_seq=256,
+        num_heads=2,
+        head_dim=32,
+        ffn_dim=256,
+        dropout=0.0,
+        chunk_size=16,
+        gate_interval=32,
+        target_vram_gb=1.0,
+    ),
     "small": dict(d_model=256, n_layers=4, n_seq=512, num_heads=4, head_dim=64, target_vram_gb=4.0),
     "base": dict(d_model=512, n_layers=6, n_seq=1024, num_heads=8, head_dim=64, target_vram_gb=8.0),
     "large": dict(d_model=1024, n_layers=12, n_seq=2048, num_heads=16, head_dim=64, target_vram_gb=16.0),

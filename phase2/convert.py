@@ -34,12 +34,17 @@ def _pairs(phase1: TransformerLM, phase2: Phase2IntegratedModel):
 
 
 @torch.no_grad()
-def convert_phase1_to_phase2(phase1_model: TransformerLM, phase2_config: Phase2Config | None = None,
-                             copy_compatible_weights: bool = True,
-                             freeze_phase1_weights: bool = False) -> Phase2IntegratedModel:
+def convert_phase1_to_phase2(
+    phase1_model: TransformerLM,
+    phase2_config: Phase2Config | None = None,
+    copy_compatible_weights: bool = True,
+    freeze_phase1_weights: bool = False,
+) -> Phase2IntegratedModel:
     if not isinstance(phase1_model, TransformerLM):
-        raise ValueError(f"convert_phase1_to_phase2: phase1_model is a {type(phase1_model).__name__}; pass a "
-                         "phase2.baseline.TransformerLM (the LM line's Phase 1)")
+        raise ValueError(
+            f"convert_phase1_to_phase2: phase1_model is a {type(phase1_model).__name__}; pass a "
+            "phase2.baseline.TransformerLM (the LM line's Phase 1)"
+        )
     base = phase1_model.config
     if phase2_config is None:
         config = Phase2Config.from_phase1(base)

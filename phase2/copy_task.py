@@ -85,7 +85,7 @@ class CopyTaskDataset(Dataset):
         src = torch.zeros(self.max_len + 2, dtype=torch.long)
         src[:seq_len] = seq
         tgt = torch.zeros(self.max_len + 2, dtype=torch.long)
-        tgt[0], tgt[1:seq_len + 1], tgt[seq_len + 1] = self.vocab_size, seq, self.vocab_size + 1
+        tgt[0], tgt[1 : seq_len + 1], tgt[seq_len + 1] = self.vocab_size, seq, self.vocab_size + 1
         return src, tgt
 
     def __len__(self):
@@ -109,7 +109,7 @@ def _batches(cfg: CopyTaskConfig, gen_seed: int):
             order = list(range(len(data)))
             rng.shuffle(order)
             for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # drop_last, as the seed
-                yield collate_fn([data[j] for j in order[i:i + cfg.batch_size]])
+                yield collate_fn([data[j] for j in order[i : i + cfg.batch_size]])
     step = 0
     while True:
         yield collate_fn(CopyTaskDataset(cfg.batch_size, cfg.max_len, cfg.vocab_size, seed=gen_seed + step).data)
@@ -117,8 +117,7 @@ def _batches(cfg: CopyTaskConfig, gen_seed: int):
 
 
 def _noam_adam(model: nn.Module, cfg: CopyTaskConfig, d_model: int):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1.0, betas=(0.9, 0.98),
-                           eps=1e-9)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1.0, betas=(0.9, 0.98), eps=1e-9)
     sched = LambdaLR(opt, lambda s: noam(s + 1, d_model, cfg.warmup_steps, cfg.noam_factor))
     return opt, sched
 
@@ -155,8 +154,16 @@ def _eval_set(cfg: CopyTaskConfig):
 def build_seq2seq(cfg: CopyTaskConfig) -> Transformer:
     """Seed 002's model and Xavier initialisation for this task's vocabulary."""
     torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.vocab_size, cfg.vocab_size + 2, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
-                        max_len=cfg.max_len + 2, dropout=cfg.dropout)
+    model = Transformer(
+        cfg.vocab_size,
+        cfg.vocab_size + 2,
+        cfg.d_model,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.d_ff,
+        max_len=cfg.max_len + 2,
+        dropout=cfg.dropout,
+    )
     for p in model.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
@@ -185,11 +192,18 @@ def train_seq2seq_copy(cfg: CopyTaskConfig, device="cpu") -> dict:
         out = model(src, tgt_in, src_mask, tgt_mask)
         return criterion(out.reshape(-1, out.size(-1)), tgt_out.reshape(-1))
 
-    loss, steps, seconds, curve = _train(model, cfg, cfg.d_model, loss_fn, device,
-                                         lambda: seq2seq_exact_match(model, cfg, device))
+    loss, steps, seconds, curve = _train(
+        model, cfg, cfg.d_model, loss_fn, device, lambda: seq2seq_exact_match(model, cfg, device)
+    )
     final = seq2seq_exact_match(model, cfg, device)
-    return {"exact_match": final, "loss": loss, "steps": steps, "train_seconds": seconds,
-            "curve": curve + [(steps, final)], "model": model}
+    return {
+        "exact_match": final,
+        "loss": loss,
+        "steps": steps,
+        "train_seconds": seconds,
+        "curve": curve + [(steps, final)],
+        "model": model,
+    }
 
 
 # ---------------------------------------------------------------------------------------- decoder-only
@@ -200,8 +214,11 @@ def lm_sequences(src: torch.Tensor, cfg: CopyTaskConfig):
     pos = torch.arange(2 * cfg.max_len + 2, device=src.device)[None]  # (1, 2 max_len + 2)
     first = src.gather(1, pos.clamp(max=src.size(1) - 1).expand(src.size(0), -1))
     second = src.gather(1, (pos - L - 1).clamp(0, src.size(1) - 1))
-    seq = torch.where(pos < L, first, torch.where(pos == L, cfg.sep, torch.where(
-        pos <= 2 * L, second, torch.where(pos == 2 * L + 1, cfg.eos, PAD))))
+    seq = torch.where(
+        pos < L,
+        first,
+        torch.where(pos == L, cfg.sep, torch.where(pos <= 2 * L, second, torch.where(pos == 2 * L + 1, cfg.eos, PAD))),
+    )
     copy = (pos > L) & (pos <= 2 * L + 1)  # positions whose token the model must produce
     targets = torch.where(copy, seq, -100)
     return seq[:, :-1], targets[:, 1:]
@@ -221,7 +238,7 @@ def lm_exact_match(model: nn.Module, cfg: CopyTaskConfig, device="cpu") -> float
             nxt = model(seq)[:, -1].argmax(-1)
             seq = torch.cat([seq, nxt[:, None]], 1)
         want = torch.cat([rows, torch.full_like(rows[:, :1], cfg.eos)], 1)
-        correct += (seq[:, L + 1:] == want).all(1).sum().item()
+        correct += (seq[:, L + 1 :] == want).all(1).sum().item()
     return correct / src.size(0)
 
 
@@ -234,8 +251,14 @@ def train_lm_copy(model: nn.Module, cfg: CopyTaskConfig, device="cpu", d_model: 
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
 
-    loss, steps, seconds, curve = _train(model, cfg, d_model, loss_fn, device,
-                                         lambda: lm_exact_match(model, cfg, device))
+    loss, steps, seconds, curve = _train(
+        model, cfg, d_model, loss_fn, device, lambda: lm_exact_match(model, cfg, device)
+    )
     final = lm_exact_match(model, cfg, device)
-    return {"exact_match": final, "loss": loss, "steps": steps, "train_seconds": seconds,
-            "curve": curve + [(steps, final)]}
+    return {
+        "exact_match": final,
+        "loss": loss,
+        "steps": steps,
+        "train_seconds": seconds,
+        "curve": curve + [(steps, final)],
+    }

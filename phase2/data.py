@@ -100,8 +100,9 @@ class TextSplits:
         return {s: sum(len(d.encode()) for d in getattr(self, s)) for s in ("train", "val", "test")}
 
 
-def load_splits(source: str, path: str | None = None, hf_name: str | None = None,
-                hf_config: str | None = None) -> TextSplits:
+def load_splits(
+    source: str, path: str | None = None, hf_name: str | None = None, hf_config: str | None = None
+) -> TextSplits:
     """builtin | file (one file or folder; split by document, or by position inside a single document) |
     huggingface."""
     if source == "builtin":

@@ -52,15 +52,33 @@ def build_report(lm: LanguageModel, diag: dict, tokens: int) -> dict:
         snr = {k: v for k, v in diag["snr_stats"][i].items() if k != "snr"}
         res = {k: v for k, v in diag["resonance_info"][i].items() if k != "diag_energy"}
         stab = {k: _floats(v) for k, v in diag["stability_metrics"][i].items()}
-        layers.append({"layer": i, "gamma": {"mean": float(g.mean()), "std": float(g.std(unbiased=False)),
-                                             "min": float(g.min()), "max": float(g.max()),
-                                             "per_head_mean": g.mean(0).tolist()},
-                       "snr_stats": snr, "resonance_info": res, "stability_metrics": stab,
-                       "overdamping_ratio": diag["overdamping_ratio"][i]})
-    return {"model_config": lm.model.config.to_dict(),
-            "model_statistics": {"num_parameters": stats["num_parameters"], "num_layers": stats["num_layers"],
-                                 "block_stats": stats["block_stats"]},
-            "checkpoint_step": lm.step, "tokens": tokens, "diagnostics": layers}
+        layers.append(
+            {
+                "layer": i,
+                "gamma": {
+                    "mean": float(g.mean()),
+                    "std": float(g.std(unbiased=False)),
+                    "min": float(g.min()),
+                    "max": float(g.max()),
+                    "per_head_mean": g.mean(0).tolist(),
+                },
+                "snr_stats": snr,
+                "resonance_info": res,
+                "stability_metrics": stab,
+                "overdamping_ratio": diag["overdamping_ratio"][i],
+            }
+        )
+    return {
+        "model_config": lm.model.config.to_dict(),
+        "model_statistics": {
+            "num_parameters": stats["num_parameters"],
+            "num_layers": stats["num_layers"],
+            "block_stats": stats["block_stats"],
+        },
+        "checkpoint_step": lm.step,
+        "tokens": tokens,
+        "diagnostics": layers,
+    }
 
 
 def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Path]:
@@ -84,8 +102,13 @@ def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Pat
             ax.set_title(f"layer {i}: resonance off")
             ax.axis("off")
             continue
-        im = ax.imshow(energy[0].float().cpu().T, aspect="auto", origin="lower", cmap="viridis",
-                       extent=(0, energy.shape[1] * gate_interval, 0, energy.shape[2]))
+        im = ax.imshow(
+            energy[0].float().cpu().T,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            extent=(0, energy.shape[1] * gate_interval, 0, energy.shape[2]),
+        )
         ax.set(title=f"layer {i}", xlabel="position (token)", ylabel="head x mode" if i == 0 else None)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("Share of the memory's energy per zeta mode, at each gate boundary")

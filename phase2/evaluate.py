@@ -40,8 +40,9 @@ def text_documents(source: str, split: str = "all") -> list[str]:
     return getattr(load_splits("file", source), split)
 
 
-def evaluate_text(lm: LanguageModel, documents: list[str], seq_len: int | None = None,
-                  batch_size: int = 8) -> dict[str, float]:
+def evaluate_text(
+    lm: LanguageModel, documents: list[str], seq_len: int | None = None, batch_size: int = 8
+) -> dict[str, float]:
     seq_len = seq_len or lm.seq_len
     if seq_len > lm.max_positions:
         raise ValueError(f"seq_len={seq_len} exceeds the model's {lm.max_positions} positions")
@@ -50,9 +51,14 @@ def evaluate_text(lm: LanguageModel, documents: list[str], seq_len: int | None =
     nll, count = evaluate_nll(lm.model, windows, batch_size, lm.device)
     loss = nll / count
     bytes_per_token = sum(len(d.encode()) for d in documents) / stream.numel()
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "bits_per_byte": loss / math.log(2) / bytes_per_token, "tokens_scored": count, "seq_len": seq_len,
-            "bytes_per_token": bytes_per_token}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+        "tokens_scored": count,
+        "seq_len": seq_len,
+        "bytes_per_token": bytes_per_token,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         result = evaluate_text(lm, text_documents(a.text, a.split), a.seq_len, a.batch_size)
         result.update(checkpoint=str(a.checkpoint), text=a.text, split=a.split, step=lm.step)
-        print(f"{a.text} ({a.split}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.2f}, "
-              f"{result['bits_per_byte']:.4f} bits/byte over {result['tokens_scored']:,} tokens")
+        print(
+            f"{a.text} ({a.split}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.2f}, "
+            f"{result['bits_per_byte']:.4f} bits/byte over {result['tokens_scored']:,} tokens"
+        )
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -87,7 +87,7 @@ def generate_ids(lm: LanguageModel, prompt_ids: torch.Tensor, s: Sampling) -> It
             logits, state = lm.model(token[:, None], state=state, return_state=True)
     else:  # no recurrent state: re-read the last max_positions tokens for every new one
         for _ in range(s.max_new_tokens):
-            logits = lm.model(ids[:, -lm.max_positions:])
+            logits = lm.model(ids[:, -lm.max_positions :])
             token = next_tokens(logits[:, -1], s, generator)
             yield token
             ids = torch.cat([ids, token[:, None]], 1)
@@ -112,7 +112,7 @@ def generate(lm: LanguageModel, prompts: list[str], s: Sampling) -> Iterator[tup
                 text = lm.tokenizer.decode(produced[j])
                 # a byte-level tokenizer can stop in the middle of a UTF-8 character: wait for the rest
                 if not text.endswith("\ufffd") and len(text) > len(shown[j]):
-                    yield members[j], text[len(shown[j]):]
+                    yield members[j], text[len(shown[j]) :]
                     shown[j] = text
 
 

@@ -48,13 +48,16 @@ def load_language_model(path: str | Path, device: str | torch.device = "cpu") ->
             raise CheckpointError(f"checkpoint {path} has no {key}: it was not written by phase2.train")
     config = payload["config"]
     tokenizer = tokenizer_from_json(payload["tokenizer_json"])
-    model = build_model(OmegaConf.create(config["model"]), vocab_size=tokenizer.vocab_size,
-                        seq_len=int(config["seq_len"]))
+    model = build_model(
+        OmegaConf.create(config["model"]), vocab_size=tokenizer.vocab_size, seq_len=int(config["seq_len"])
+    )
     try:
         model.load_state_dict(payload["model_state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model its config describes ({str(err).splitlines()[0]})"
+        ) from None
     device = torch.device(device)
-    return LanguageModel(model.to(device).eval(), tokenizer, int(config["seq_len"]), config,
-                         int(payload.get("global_step", 0)), device)
+    return LanguageModel(
+        model.to(device).eval(), tokenizer, int(config["seq_len"]), config, int(payload.get("global_step", 0)), device
+    )

@@ -57,10 +57,16 @@ class MemoryState:
 
 
 def gate_params(cfg) -> GateParams:
-    return GateParams(interval=cfg.gate_interval, eta=cfg.hebbian_eta, snr_threshold=cfg.snr_threshold,
-                      gamma_boost=cfg.snr_gamma_boost, eta_boost=cfg.snr_eta_boost,
-                      adjust_rate=cfg.gamma_adjust_rate, resonance_threshold=cfg.resonance_energy_threshold,
-                      resonance=cfg.resonance_enabled)
+    return GateParams(
+        interval=cfg.gate_interval,
+        eta=cfg.hebbian_eta,
+        snr_threshold=cfg.snr_threshold,
+        gamma_boost=cfg.snr_gamma_boost,
+        eta_boost=cfg.snr_eta_boost,
+        adjust_rate=cfg.gamma_adjust_rate,
+        resonance_threshold=cfg.resonance_energy_threshold,
+        resonance=cfg.resonance_enabled,
+    )
 
 
 class HebbianMemory(nn.Module):
@@ -78,8 +84,7 @@ class HebbianMemory(nn.Module):
         self.mode = "auto"  # "chunk", "recurrent", or "auto": the recurrence for single-token calls
         self.impl = "auto"  # kernels: "triton" (CUDA or the interpreter, fitting shapes), "torch", or "auto"
 
-    def forward(self, h: torch.Tensor, gamma: torch.Tensor, pos0: int, st: MemoryState | None,
-                want_diag: bool = False):
+    def forward(self, h: torch.Tensor, gamma: torch.Tensor, pos0: int, st: MemoryState | None, want_diag: bool = False):
         """h (B, T, D), gamma (B, T, H) raw forgetting rate -> o (B, T, H*V), gated gamma (B, T, H), state, diag."""
         B, T, _ = h.shape
         H, K = self.H, self.K
@@ -91,30 +96,56 @@ class HebbianMemory(nn.Module):
         if st is None:
             st = MemoryState.zeros(B, H, K, K, h.device)
         elif st.S.shape[0] != B:
-            raise ValueError(f"state batch size {st.S.shape[0]} != input batch size {B}; pass the state "
-                             "returned for this batch, or state=None to start fresh")
+            raise ValueError(
+                f"state batch size {st.S.shape[0]} != input batch size {B}; pass the state "
+                "returned for this batch, or state=None to start fresh"
+            )
         gamma_dt = (gamma.float() * self.cfg.hebbian_dt).transpose(1, 2)  # (B, H, T)
         mode = self.mode if self.mode != "auto" else ("recurrent" if T == 1 else "chunk")
         with torch.autocast(h.device.type, enabled=False):
             # the scan path wants the op's kernels too: its whole-call PyTorch form is slower on a GPU, and its
             # batched products are not bit-exactly causal inside a chunk (a later token moved earlier outputs
             # by ~1e-9 in a test), which the per-interval loop never shows
-            scan = mode == "chunk" and self.impl != "torch" and T > 0 and kernel_available(k, v) and \
-                kernels_fit(q, v, self.cfg.chunk_size)
+            scan = (
+                mode == "chunk"
+                and self.impl != "torch"
+                and T > 0
+                and kernel_available(k, v)
+                and kernels_fit(q, v, self.cfg.chunk_size)
+            )
             if scan:
                 o, gate_per_token, S, trace = self._scanned(q, k, v, gamma_dt, pos0, st, mm)
             else:
                 o, gate_per_token, S, trace = self._looped(q, k, v, gamma_dt, pos0, st, mode, mm)
         o = o.float().transpose(1, 2).reshape(B, T, H * K)
         gamma_eff = gamma.float() * gate_per_token.transpose(1, 2)
-        diag = _summarise(trace, segment_lengths(pos0, T, self.cfg.gate_interval), pos0,
-                          self.cfg.hebbian_dt, self.params.resonance_threshold) if want_diag else None
+        diag = (
+            _summarise(
+                trace,
+                segment_lengths(pos0, T, self.cfg.gate_interval),
+                pos0,
+                self.cfg.hebbian_dt,
+                self.params.resonance_threshold,
+            )
+            if want_diag
+            else None
+        )
         return o, gamma_eff, MemoryState(S, trace.final), diag
 
     def _scanned(self, q, k, v, gamma_dt, pos0, st, mm):
         """All gates of the call from one scan, then one parallel pass of the memory op."""
-        trace = gate_scan(k.detach(), v.detach(), gamma_dt.detach(), st.S.detach().float(), st.gates, self.modes,
-                          None if self.rho is None else self.rho.detach(), self.params, pos0, impl="triton")
+        trace = gate_scan(
+            k.detach(),
+            v.detach(),
+            gamma_dt.detach(),
+            st.S.detach().float(),
+            st.gates,
+            self.modes,
+            None if self.rho is None else self.rho.detach(),
+            self.params,
+            pos0,
+            impl="triton",
+        )
         G = self.cfg.gate_interval
         seg = (pos0 % G + torch.arange(q.shape[2], device=q.device)) // G  # (T,) segment of each token
         gg, ge, gk = trace.gamma[:, :, seg], trace.eta[:, :, seg], trace.key[:, :, seg]
@@ -134,10 +165,19 @@ class HebbianMemory(nn.Module):
                 gates, stats = boundary_gates(S, gates, self.modes, p)
             sl = slice(t0, t0 + n)
             gamma_gate = hold(gates.gamma, n)
-            ks, g = apply_gates(k[:, :, sl], gamma_dt[:, :, sl], gamma_gate, hold(gates.eta, n), hold(gates.key, n),
-                                self.modes, self.rho, p)
-            o, S = hebbian_memory(q[:, :, sl].to(mm), ks.to(mm), v[:, :, sl].to(mm), g, S, c.chunk_size, mode,
-                                  self.impl)
+            ks, g = apply_gates(
+                k[:, :, sl],
+                gamma_dt[:, :, sl],
+                gamma_gate,
+                hold(gates.eta, n),
+                hold(gates.key, n),
+                self.modes,
+                self.rho,
+                p,
+            )
+            o, S = hebbian_memory(
+                q[:, :, sl].to(mm), ks.to(mm), v[:, :, sl].to(mm), g, S, c.chunk_size, mode, self.impl
+            )
             outs.append(o)
             per_token.append(gamma_gate)
             rows.append((gates, stats, S.detach().square().sum((-2, -1))))

@@ -115,17 +115,24 @@ class Phase2IntegratedModel(nn.Module):
         self._warned: set[str] = set()
 
     # ----------------------------------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, state: Phase2State | None = None, return_state: bool = False,
-                return_diagnostics: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        state: Phase2State | None = None,
+        return_state: bool = False,
+        return_diagnostics: bool = False,
+    ):
         """input_ids (B, T) -> logits (B, T, vocab) [, state] [, diagnostics], in that order."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T) token ids, got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         pos0 = 0 if state is None else state.pos
         if pos0 + T > self.config.n_seq:
-            raise ValueError(f"positions {pos0}..{pos0 + T - 1} exceed n_seq={self.config.n_seq}; build the model "
-                             "with a larger n_seq (or reset the stream)")
-        x = self.tok_emb(input_ids) * self.emb_scale + self.pos_emb[pos0:pos0 + T].to(self.tok_emb.weight.dtype)
+            raise ValueError(
+                f"positions {pos0}..{pos0 + T - 1} exceed n_seq={self.config.n_seq}; build the model "
+                "with a larger n_seq (or reset the stream)"
+            )
+        x = self.tok_emb(input_ids) * self.emb_scale + self.pos_emb[pos0 : pos0 + T].to(self.tok_emb.weight.dtype)
         x = self.drop(x)  # (B, T, D)
         new = Phase2State(pos0 + T)
         diags = []
@@ -158,8 +165,13 @@ class Phase2IntegratedModel(nn.Module):
             scalars.append(x.float().reshape(()))
             slots.append((sink, key))
 
-        out = {"gamma_values": [], "snr_stats": [], "resonance_info": [], "stability_metrics": [],
-               "overdamping_ratio": [None] * len(diags)}
+        out = {
+            "gamma_values": [],
+            "snr_stats": [],
+            "resonance_info": [],
+            "stability_metrics": [],
+            "overdamping_ratio": [None] * len(diags),
+        }
         for i, d in enumerate(diags):
             out["gamma_values"].append(d["gamma"])
             snr = {}
@@ -202,16 +214,24 @@ class Phase2IntegratedModel(nn.Module):
         worst = max((r for r in out["overdamping_ratio"] if r is not None), default=0.0)
         if worst > OVERDAMPED_RATIO and "overdamped" not in self._warned:
             self._warned.add("overdamped")
-            warnings.warn(f"Overdamped system detected: Gamma/|V| = {worst:.2f} (> {OVERDAMPED_RATIO}); reduce "
-                          f"base_decay (now {self.config.base_decay}), e.g. halve it", stacklevel=6)
-        ratios = [s["steady_state_stable_ratio"] for s in out["stability_metrics"]
-                  if s.get("steady_state_steps", 0) >= LYAPUNOV_MIN_STEPS]
+            warnings.warn(
+                f"Overdamped system detected: Gamma/|V| = {worst:.2f} (> {OVERDAMPED_RATIO}); reduce "
+                f"base_decay (now {self.config.base_decay}), e.g. halve it",
+                stacklevel=6,
+            )
+        ratios = [
+            s["steady_state_stable_ratio"]
+            for s in out["stability_metrics"]
+            if s.get("steady_state_steps", 0) >= LYAPUNOV_MIN_STEPS
+        ]
         if ratios and min(ratios) < LYAPUNOV_MIN_STABLE and "lyapunov" not in self._warned:
             self._warned.add("lyapunov")
-            warnings.warn(f"Lyapunov stability violated: the fast-weight energy rose in {1 - min(ratios):.0%} of "
-                          "gate intervals after the memory filled; increase gamma_adjust_rate "
-                          f"(now {self.config.gamma_adjust_rate}, e.g. double it) or lower the learning rate",
-                          stacklevel=6)
+            warnings.warn(
+                f"Lyapunov stability violated: the fast-weight energy rose in {1 - min(ratios):.0%} of "
+                "gate intervals after the memory filled; increase gamma_adjust_rate "
+                f"(now {self.config.gamma_adjust_rate}, e.g. double it) or lower the learning rate",
+                stacklevel=6,
+            )
 
     def get_statistics(self) -> dict:
         params = list(self.parameters())
@@ -219,16 +239,22 @@ class Phase2IntegratedModel(nn.Module):
         for block in self.blocks:
             S = block.fast_weight_state
             pot = block.potential
-            blocks.append({
-                "fast_weight_norm": None if S is None else float(S.norm()),
-                "gamma_per_head": (pot.base_decay * torch.nn.functional.softplus(pot.gamma_bias.detach())
-                                   / math.log(2.0)).tolist(),
-                "bk_coupling_mean": float(torch.nn.functional.softplus(block.bk.kappa.detach()).mean()),
-                "resonance_gain": None if block.memory.rho is None else block.memory.rho.detach().tolist(),
-            })
-        return {"num_parameters": sum(p.numel() for p in params),
-                "num_trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
-                "num_layers": len(self.blocks), "block_stats": blocks}
+            blocks.append(
+                {
+                    "fast_weight_norm": None if S is None else float(S.norm()),
+                    "gamma_per_head": (
+                        pot.base_decay * torch.nn.functional.softplus(pot.gamma_bias.detach()) / math.log(2.0)
+                    ).tolist(),
+                    "bk_coupling_mean": float(torch.nn.functional.softplus(block.bk.kappa.detach()).mean()),
+                    "resonance_gain": None if block.memory.rho is None else block.memory.rho.detach().tolist(),
+                }
+            )
+        return {
+            "num_parameters": sum(p.numel() for p in params),
+            "num_trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+            "num_layers": len(self.blocks),
+            "block_stats": blocks,
+        }
 
 
 def _positional_table(n_pos: int, d_model: int, zeta: bool) -> torch.Tensor:
@@ -239,8 +265,9 @@ def _positional_table(n_pos: int, d_model: int, zeta: bool) -> torch.Tensor:
     return sinusoidal_table(n_pos, d_model)
 
 
-def create_phase2_model(config: Phase2Config | None = None, preset: str | None = None, device=None,
-                        **overrides) -> Phase2IntegratedModel:
+def create_phase2_model(
+    config: Phase2Config | None = None, preset: str | None = None, device=None, **overrides
+) -> Phase2IntegratedModel:
     """A model from a config, a preset name, or neither (the defaults), with any field overridden.
 
     The weights are initialised on the CPU and then moved, so the same seed gives the same model on

@@ -17,8 +17,7 @@ def build_model(cfg_model: DictConfig, vocab_size: int, seq_len: int) -> nn.Modu
     if cfg_model.kind == "phase2":
         overrides = OmegaConf.to_container(cfg_model.overrides, resolve=True) if cfg_model.get("overrides") else {}
         n_seq = max(seq_len, get_phase2_preset(cfg_model.preset).n_seq)
-        return create_phase2_model(preset=cfg_model.preset, **{"vocab_size": vocab_size, "n_seq": n_seq,
-                                                               **overrides})
+        return create_phase2_model(preset=cfg_model.preset, **{"vocab_size": vocab_size, "n_seq": n_seq, **overrides})
     if cfg_model.kind == "transformer":
         fields = {k: v for k, v in OmegaConf.to_container(cfg_model, resolve=True).items() if k != "kind"}
         fields["max_len"] = max(fields.get("max_len", seq_len), seq_len)
@@ -31,11 +30,14 @@ def diagnostics_scalars(diagnostics: dict) -> dict[str, float]:
     gammas = torch.cat([g.detach().float().flatten() for g in diagnostics["gamma_values"]])
     stats = torch.stack([gammas.mean(), gammas.std(unbiased=False), gammas.min(), gammas.max()]).tolist()
     out = dict(zip(("gamma_mean", "gamma_std", "gamma_min", "gamma_max"), stats))
-    for name, group, key in (("snr_mean", "snr_stats", "mean_snr"), ("snr_low_ratio", "snr_stats", "low_snr_ratio"),
-                             ("resonant_modes", "resonance_info", "num_resonant_modes"),
-                             ("resonance_energy", "resonance_info", "total_resonance_energy"),
-                             ("lyapunov_stable_ratio", "stability_metrics", "lyapunov_stable_ratio"),
-                             ("fast_weight_energy", "stability_metrics", "fast_weight_energy")):
+    for name, group, key in (
+        ("snr_mean", "snr_stats", "mean_snr"),
+        ("snr_low_ratio", "snr_stats", "low_snr_ratio"),
+        ("resonant_modes", "resonance_info", "num_resonant_modes"),
+        ("resonance_energy", "resonance_info", "total_resonance_energy"),
+        ("lyapunov_stable_ratio", "stability_metrics", "lyapunov_stable_ratio"),
+        ("fast_weight_energy", "stability_metrics", "fast_weight_energy"),
+    ):
         values = [layer[key] for layer in diagnostics[group] if key in layer]
         if values:
             out[name] = sum(values) / len(values)

@@ -30,8 +30,7 @@ def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
 class NonHermitianPotential(nn.Module):
     """h (B, T, D) -> V (B, T, H, K) real potential, Gamma (B, T, H) > 0."""
 
-    def __init__(self, d_model: int, num_heads: int, head_dim: int, base_decay: float, adaptive: bool,
-                 zeta: bool):
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, base_decay: float, adaptive: bool, zeta: bool):
         super().__init__()
         self.H, self.K, self.base_decay = num_heads, head_dim, base_decay
         self.v_proj = nn.Linear(d_model, num_heads * head_dim, bias=False)

@@ -50,16 +50,32 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 
 
 def build_schedule(optimizer, cfg: DictConfig, total_steps: int, d_model: int):
-    return build_scheduler(optimizer, cfg.schedule, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
-                           min_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0, d_model=d_model)
+    return build_scheduler(
+        optimizer,
+        cfg.schedule,
+        total_steps=total_steps,
+        warmup_steps=cfg.warmup_steps,
+        min_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0,
+        d_model=d_model,
+    )
 
 
 class LanguageModelHooks(StepHooks):
     """Next-token cross-entropy; batch-level diagnostics every `diagnostics_every` steps."""
 
-    def __init__(self, model, optimizer, device, precision: str, val_windows: TokenWindows,
-                 bytes_per_token: float, eval_batches: int | None, batch_size: int, diagnostics_every: int,
-                 tokenizer_json: str):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        device,
+        precision: str,
+        val_windows: TokenWindows,
+        bytes_per_token: float,
+        eval_batches: int | None,
+        batch_size: int,
+        diagnostics_every: int,
+        tokenizer_json: str,
+    ):
         super().__init__(model, optimizer)
         self.device, self.precision = device, precision
         self.val_windows, self.bytes_per_token = val_windows, bytes_per_token
@@ -92,8 +108,11 @@ class LanguageModelHooks(StepHooks):
     def evaluate(self) -> dict[str, float]:
         nll, count = evaluate_nll(self.model, self.val_windows, self.batch_size, self.device, self.eval_batches)
         loss = nll / count
-        return {"val/loss": loss, "val/perplexity": math.exp(min(loss, 50.0)),
-                "val/bits_per_byte": loss / math.log(2) / self.bytes_per_token}
+        return {
+            "val/loss": loss,
+            "val/perplexity": math.exp(min(loss, 50.0)),
+            "val/bits_per_byte": loss / math.log(2) / self.bytes_per_token,
+        }
 
     def extra_state(self) -> dict[str, Any]:
         return {"tokenizer_json": self.tokenizer_json}
@@ -121,24 +140,32 @@ def evaluate_nll(model, windows: TokenWindows, batch_size: int, device, max_batc
 def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
     """Splits, tokenizer (trained on the train split when it is BPE, or restored) and token streams."""
     splits = load_splits(cfg.data.source, cfg.data.path, cfg.data.hf_name, cfg.data.hf_config)
-    tokenizer = tokenizer_from_json(tokenizer_json) if tokenizer_json else \
-        build_tokenizer(cfg.tokenizer.kind, splits.train, cfg.tokenizer.vocab_size)
+    tokenizer = (
+        tokenizer_from_json(tokenizer_json)
+        if tokenizer_json
+        else build_tokenizer(cfg.tokenizer.kind, splits.train, cfg.tokenizer.vocab_size)
+    )
     streams = {s: encode_documents(tokenizer, getattr(splits, s)) for s in ("train", "val")}
     bytes_per_token = splits.num_bytes["val"] / max(streams["val"].numel(), 1)
     return tokenizer, streams, bytes_per_token
 
 
-def write_history(path: Path, history: list[dict[str, float]], epoch: int, global_step: int,
-                  best_val_loss: float) -> None:
+def write_history(
+    path: Path, history: list[dict[str, float]], epoch: int, global_step: int, best_val_loss: float
+) -> None:
     """training_history.json with the seed's fields, filled from the logged points."""
 
     def series(key: str) -> list[float]:
         return [p[key] for p in history if key in p]
 
     record = {
-        "epoch": epoch, "global_step": global_step, "best_val_loss": best_val_loss,
-        "train_losses": series("train/loss"), "val_losses": series("val/loss"),
-        "gamma_history": series("train/diag/gamma_mean"), "snr_history": series("train/diag/snr_mean"),
+        "epoch": epoch,
+        "global_step": global_step,
+        "best_val_loss": best_val_loss,
+        "train_losses": series("train/loss"),
+        "val_losses": series("val/loss"),
+        "gamma_history": series("train/diag/gamma_mean"),
+        "snr_history": series("train/diag/snr_mean"),
         "resonance_history": series("train/diag/resonance_energy"),
         "stability_history": series("train/diag/lyapunov_stable_ratio"),
         "steps": [p["step"] for p in history],
@@ -160,31 +187,66 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
     if cfg.init_from and not resumed:
         unwrap(model).load_state_dict(load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"])
     if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank]
-                                                          if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_schedule(optimizer, cfg.optim, cfg.loop.max_steps, unwrap(model).config.d_model)
-    batches = EpochBatches(TokenWindows(streams["train"], cfg.seq_len), cfg.batch_size, seed=cfg.seed,
-                           rank=dist.rank, world_size=dist.world_size)
-    hooks = LanguageModelHooks(model, optimizer, device, cfg.precision,
-                               TokenWindows(streams["val"], cfg.seq_len, random_offset=False), bytes_per_token,
-                               cfg.eval.max_batches, cfg.batch_size, cfg.diagnostics_every, tokenizer.to_json())
+    batches = EpochBatches(
+        TokenWindows(streams["train"], cfg.seq_len),
+        cfg.batch_size,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    hooks = LanguageModelHooks(
+        model,
+        optimizer,
+        device,
+        cfg.precision,
+        TokenWindows(streams["val"], cfg.seq_len, random_offset=False),
+        bytes_per_token,
+        cfg.eval.max_batches,
+        cfg.batch_size,
+        cfg.diagnostics_every,
+        tokenizer.to_json(),
+    )
 
     logger = create_logger(cfg.logger, run_id=(resumed or {}).get("mlflow_run_id") or None, is_main=dist.is_main)
     folder = configs.run_dir(cfg)
     checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
     plain = configs.to_plain(cfg)
-    loop = Loop(loop_cfg, hooks, batches, scheduler, logger, checkpoints, config=plain, kind=KIND,
-                is_main=dist.is_main, on_log=on_log)
-    tags = {"phase": KIND, "model": _model_name(cfg.model), "tokenizer": tokenizer.kind, "run_dir": folder,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    loop = Loop(
+        loop_cfg,
+        hooks,
+        batches,
+        scheduler,
+        logger,
+        checkpoints,
+        config=plain,
+        kind=KIND,
+        is_main=dist.is_main,
+        on_log=on_log,
+    )
+    tags = {
+        "phase": KIND,
+        "model": _model_name(cfg.model),
+        "tokenizer": tokenizer.kind,
+        "run_dir": folder,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     try:
         summary = loop.fit(resume_from, tags=tags, run_dir=folder)
     finally:
         runtime.shutdown_distributed()
     if dist.is_main:
-        write_history(folder / "training_history.json", loop.state.history, loop._epoch(), loop.state.global_step,
-                      loop.state.best_val_loss)
+        write_history(
+            folder / "training_history.json",
+            loop.state.history,
+            loop._epoch(),
+            loop.state.global_step,
+            loop.state.best_val_loss,
+        )
     return summary
 
 

@@ -35,8 +35,10 @@ def zeta_zeros(n: int) -> torch.Tensor:
     """The first n gamma_n, float64 (n,) on the CPU."""
     table = _table()
     if not 0 <= n <= table.numel():
-        raise ValueError(f"zeta_zeros(n={n}): the shipped table holds {table.numel()} zeros ({TABLE.name}); "
-                         "ask for fewer (smaller d_model, head_dim or num_heads)")
+        raise ValueError(
+            f"zeta_zeros(n={n}): the shipped table holds {table.numel()} zeros ({TABLE.name}); "
+            "ask for fewer (smaller d_model, head_dim or num_heads)"
+        )
     return table[:n].clone()
 
 

@@ -84,14 +84,20 @@ def _html(title: str, blocks: list[str]) -> str:
             parts.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
         elif block.startswith("!["):
             alt, src = re.match(r"!\[(.*?)\]\(([^)]*)\)", block).groups()
-            parts.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
-                         f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+                f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+            )
         else:
             parts.append(f"<p>{html.escape(block)}</p>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -220,8 +226,15 @@ def _curves(points: pd.DataFrame) -> dict[str, list[dict]]:
     lmbda = pd.to_numeric(_col(points, "params.lmbda"), errors="coerce")
     curves: dict[str, list[dict]] = {}
     for optim, group in points.groupby(_first(points, "tags.optim", "params.optim.name")):
-        curve = [{"bpp": float(row["metrics.test/bpp_real"]), "psnr": float(row["metrics.test/psnr"]),
-                  "lmbda": float(lmbda[index]), "run_id": row["run_id"]} for index, row in group.iterrows()]
+        curve = [
+            {
+                "bpp": float(row["metrics.test/bpp_real"]),
+                "psnr": float(row["metrics.test/psnr"]),
+                "lmbda": float(lmbda[index]),
+                "run_id": row["run_id"],
+            }
+            for index, row in group.iterrows()
+        ]
         curves[str(optim)] = sorted(curve, key=lambda p: p["bpp"])
     return curves
 
@@ -233,8 +246,11 @@ def rd_sets(runs: pd.DataFrame) -> dict[str, RDSet]:
         return {}
     sets = {}
     for name, group in trained.groupby("tags.rd_set"):  # runs without the tag form no group
-        done = (group["status"] == "FINISHED") & _col(group, "metrics.test/bpp_real").notna() \
+        done = (
+            (group["status"] == "FINISHED")
+            & _col(group, "metrics.test/bpp_real").notna()
             & _col(group, "metrics.test/psnr").notna()
+        )
         points = group[done]
         sets[str(name)] = RDSet(str(name), group, points, _curves(points), differences(points))
     return sets
@@ -260,31 +276,35 @@ def phase1_section(report: Report, runs: pd.DataFrame) -> None:
     trials = runs[(_col(runs, "tags.phase") == "phase1") & _col(runs, "tags.optuna_study").notna()]
     note = f" {len(trials)} Optuna trial runs are not listed here: see their study." if len(trials) else ""
     report.text(f"{len(trained)} training runs (sweep trials excluded).{note}")
-    table = pd.DataFrame({
-        "run id": trained["run_id"].str[:8],
-        "name": _col(trained, "tags.mlflow.runName"),
-        "rd_set": _col(trained, "tags.rd_set"),
-        "model": _first(trained, "tags.model", "params.model.name"),
-        "optim": _first(trained, "tags.optim", "params.optim.name"),
-        "lambda": pd.to_numeric(_col(trained, "params.lmbda"), errors="coerce"),
-        "steps": pd.to_numeric(_col(trained, "params.loop.max_steps"), errors="coerce"),
-        "val loss": _col(trained, "metrics.val/loss"),
-        "val bpp (real)": _col(trained, "metrics.val/bpp_real"),
-        "val PSNR": _col(trained, "metrics.val/psnr"),
-        "test bpp (real)": _col(trained, "metrics.test/bpp_real"),
-        "test bpp (estimate)": _col(trained, "metrics.test/bpp_loss"),
-        "test PSNR": _col(trained, "metrics.test/psnr"),
-        "test MS-SSIM": _col(trained, "metrics.test/ms_ssim"),
-        "test images": _col(trained, "metrics.test/images"),
-        "status": trained["status"],
-    }).sort_values(["rd_set", "optim", "lambda"], na_position="last")
+    table = pd.DataFrame(
+        {
+            "run id": trained["run_id"].str[:8],
+            "name": _col(trained, "tags.mlflow.runName"),
+            "rd_set": _col(trained, "tags.rd_set"),
+            "model": _first(trained, "tags.model", "params.model.name"),
+            "optim": _first(trained, "tags.optim", "params.optim.name"),
+            "lambda": pd.to_numeric(_col(trained, "params.lmbda"), errors="coerce"),
+            "steps": pd.to_numeric(_col(trained, "params.loop.max_steps"), errors="coerce"),
+            "val loss": _col(trained, "metrics.val/loss"),
+            "val bpp (real)": _col(trained, "metrics.val/bpp_real"),
+            "val PSNR": _col(trained, "metrics.val/psnr"),
+            "test bpp (real)": _col(trained, "metrics.test/bpp_real"),
+            "test bpp (estimate)": _col(trained, "metrics.test/bpp_loss"),
+            "test PSNR": _col(trained, "metrics.test/psnr"),
+            "test MS-SSIM": _col(trained, "metrics.test/ms_ssim"),
+            "test images": _col(trained, "metrics.test/images"),
+            "status": trained["status"],
+        }
+    ).sort_values(["rd_set", "optim", "lambda"], na_position="last")
     report.table(table)
     loose = trained[_col(trained, "tags.rd_set").isna()]
     if not loose.empty:
-        report.text(f"{len(loose)} runs have no rd_set and are in no R-D curve: {_ids(loose)}. A curve is one "
-                    "explicit set of runs with the same model, steps and test set: train each of its runs with "
-                    "`rd_set=<name>` on the command line (e.g. `python -m phase1.train optim=adam lmbda=0.0035 "
-                    "rd_set=<name>`).")
+        report.text(
+            f"{len(loose)} runs have no rd_set and are in no R-D curve: {_ids(loose)}. A curve is one "
+            "explicit set of runs with the same model, steps and test set: train each of its runs with "
+            "`rd_set=<name>` on the command line (e.g. `python -m phase1.train optim=adam lmbda=0.0035 "
+            "rd_set=<name>`)."
+        )
     rd_section(report, runs)
     task_weight_section(report, trained)
 
@@ -297,8 +317,10 @@ def rd_curves(runs: pd.DataFrame) -> dict[str, dict[str, list[dict]]]:
 def _describe(points: pd.DataFrame) -> str:
     """What the points of a comparable set share (the keys of SAME_IN_A_SET), read off its first run."""
     v = {key: _value(_first(points, *columns).iloc[0]) for key, columns in SAME_IN_A_SET.items()}
-    return (f"model {v['model']}, {v['loop.max_steps']} steps, test set {v['data.source']} (root {v['data.root']}, "
-            f"eval.max_images {v['eval.max_images']}, {v['test/images']} images)")
+    return (
+        f"model {v['model']}, {v['loop.max_steps']} steps, test set {v['data.source']} (root {v['data.root']}, "
+        f"eval.max_images {v['eval.max_images']}, {v['test/images']} images)"
+    )
 
 
 def rd_section(report: Report, runs: pd.DataFrame) -> None:
@@ -313,8 +335,10 @@ def rd_section(report: Report, runs: pd.DataFrame) -> None:
         if rd_set.points.empty:
             report.text("No finished run with test numbers in this set yet.")
         elif rd_set.differences:
-            report.text(f"Not drawn as a comparison: its runs differ in {'; '.join(rd_set.differences)}. Give runs "
-                        "of different experiments different rd_set names.")
+            report.text(
+                f"Not drawn as a comparison: its runs differ in {'; '.join(rd_set.differences)}. Give runs "
+                "of different experiments different rd_set names."
+            )
         else:
             rd_set_plot(report, rd_set, files[name])
 
@@ -326,9 +350,22 @@ def rd_set_plot(report: Report, rd_set: RDSet, file: str) -> None:
     report.text(f"{len(rd_set.points)} runs, all with {_describe(rd_set.points)}.")
     rd.plot_rd(rd_set.curves, report.folder / file, title=f"R-D set {rd_set.name} (test images, real bitstreams)")
     report.figure(file, f"R-D set {rd_set.name}: PSNR vs real bpp, one point per run, labelled with lambda")
-    report.table(pd.DataFrame([{"rd_set": rd_set.name, "optim": optim, "lambda": p["lmbda"],
-                                "test bpp (real)": p["bpp"], "test PSNR": p["psnr"], "run id": p["run_id"][:8]}
-                               for optim, curve in rd_set.curves.items() for p in curve]))
+    report.table(
+        pd.DataFrame(
+            [
+                {
+                    "rd_set": rd_set.name,
+                    "optim": optim,
+                    "lambda": p["lmbda"],
+                    "test bpp (real)": p["bpp"],
+                    "test PSNR": p["psnr"],
+                    "run id": p["run_id"][:8],
+                }
+                for optim, curve in rd_set.curves.items()
+                for p in curve
+            ]
+        )
+    )
     if "adam" not in rd_set.curves or "balanced" not in rd_set.curves:
         report.text(f"No BD-rate: the set needs both adam and balanced runs (it has {sorted(rd_set.curves)}).")
         return
@@ -337,10 +374,21 @@ def rd_set_plot(report: Report, rd_set: RDSet, file: str) -> None:
     try:
         low, high, frac = rd.quality_overlap(anchor, test)
         value = rd.bd_rate(anchor, test)
-        report.table(pd.DataFrame([{
-            "rd_set": rd_set.name, "anchor": "adam", "test": "balanced", "BD-rate (%)": value,
-            "BD-PSNR (dB)": rd.bd_psnr(anchor, test),
-            "PSNR overlap (dB)": f"{low:.2f}-{high:.2f} ({frac:.0%} of Adam's range)", "runs": ids}]))
+        report.table(
+            pd.DataFrame(
+                [
+                    {
+                        "rd_set": rd_set.name,
+                        "anchor": "adam",
+                        "test": "balanced",
+                        "BD-rate (%)": value,
+                        "BD-PSNR (dB)": rd.bd_psnr(anchor, test),
+                        "PSNR overlap (dB)": f"{low:.2f}-{high:.2f} ({frac:.0%} of Adam's range)",
+                        "runs": ids,
+                    }
+                ]
+            )
+        )
     except ValueError as err:
         report.text(f"BD-rate of Balanced vs Adam not computed: {err} (runs: {ids}).")
 
@@ -352,8 +400,13 @@ def task_weight_section(report: Report, trained: pd.DataFrame) -> None:
     keys, labels = ["train/task_weight_distortion"], ["task weight of distortion"]
     if _col(balanced, "metrics.train/effective_lambda").notna().any():  # older runs did not log it
         keys, labels = [*keys, "train/effective_lambda"], [*labels, "effective lambda"]
-    plot_histories(report.folder / "task_weights.png", balanced, keys, labels,
-                   lambda row: f"{row['run_id'][:8]} {row.get('tags.rd_set') or ''} lambda={row.get('params.lmbda')}")
+    plot_histories(
+        report.folder / "task_weights.png",
+        balanced,
+        keys,
+        labels,
+        lambda row: f"{row['run_id'][:8]} {row.get('tags.rd_set') or ''} lambda={row.get('params.lmbda')}",
+    )
     report.heading("Phase 1: Balanced task weights")
     report.figure("task_weights.png", "FAMO weight of the distortion task over training (rate = 1 - it)")
 
@@ -371,8 +424,11 @@ def searched_params(parent: pd.Series | None, trials: pd.DataFrame) -> list[str]
             return [f"params.{key}" for key in ast.literal_eval(space)]
         except (ValueError, SyntaxError):  # cut off at MLflow's param length: fall back to what varies
             pass
-    return [c for c in trials.columns if c.startswith("params.") and not c.startswith(RUN_SPECIFIC)
-            and trials[c].map(_value).nunique() > 1]
+    return [
+        c
+        for c in trials.columns
+        if c.startswith("params.") and not c.startswith(RUN_SPECIFIC) and trials[c].map(_value).nunique() > 1
+    ]
 
 
 def objective_column(objective: str | None, trials: pd.DataFrame) -> str | None:
@@ -400,8 +456,11 @@ def study_section(report: Report, runs: pd.DataFrame, storage: str | None) -> No
             report.text(f"No parent run of study {name} in this selection; {len(trials)} trial runs.")
         else:
             best_value = _fmt(parent.get("metrics.study/best_value"))
-            best = (f"best trial {_fmt(parent.get('tags.best_trial')) or 'n/a'} with objective {best_value}"
-                    if best_value else "no best trial recorded yet")
+            best = (
+                f"best trial {_fmt(parent.get('tags.best_trial')) or 'n/a'} with objective {best_value}"
+                if best_value
+                else "no best trial recorded yet"
+            )
             report.text(f"Parent run {parent['run_id']}: {len(trials)} trial runs; {best}.")
         if not trials.empty:
             report.table(trials_table(parent, trials))
@@ -411,17 +470,20 @@ def study_section(report: Report, runs: pd.DataFrame, storage: str | None) -> No
 def trials_table(parent: pd.Series | None, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its searched parameters and its objective, not every parameter of the run."""
     objective = parent.get("params.study.objective") if parent is not None else None
-    table = pd.DataFrame({
-        "trial": pd.to_numeric(_col(trials, "tags.optuna_trial"), errors="coerce"),
-        "run id": trials["run_id"].str[:8],
-        "state": _col(trials, "tags.optuna_state"),
-    })
+    table = pd.DataFrame(
+        {
+            "trial": pd.to_numeric(_col(trials, "tags.optuna_trial"), errors="coerce"),
+            "run id": trials["run_id"].str[:8],
+            "state": _col(trials, "tags.optuna_state"),
+        }
+    )
     for column in searched_params(parent, trials):
         table[column.removeprefix("params.")] = _col(trials, column)
     column = objective_column(objective if isinstance(objective, str) else None, trials)
     if column:
-        table[f"objective {objective}" + ("" if column == f"metrics.{objective}" else f" ({column[8:]})")] = \
-            trials[column]
+        table[f"objective {objective}" + ("" if column == f"metrics.{objective}" else f" ({column[8:]})")] = trials[
+            column
+        ]
     return table.sort_values("trial")
 
 
@@ -431,8 +493,11 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
 
     from sweeps.run import open_storage
 
-    urls = [storage] if storage else [f"sqlite:///{REPO_ROOT / 'optuna.db'}",
-                                        f"journal:{REPO_ROOT / 'sweeps' / f'{name}.journal.log'}"]
+    urls = (
+        [storage]
+        if storage
+        else [f"sqlite:///{REPO_ROOT / 'optuna.db'}", f"journal:{REPO_ROOT / 'sweeps' / f'{name}.journal.log'}"]
+    )
     for url in urls:
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
             continue
@@ -470,17 +535,26 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
     if lm.empty:
         return
     report.heading("Phase 2: language model runs")
-    report.table(pd.DataFrame({
-        "run id": lm["run_id"].str[:8],
-        "model": _col(lm, "tags.model"),
-        "val loss": _col(lm, "metrics.val/loss"),
-        "val perplexity": _col(lm, "metrics.val/perplexity"),
-        "val bits/byte": _col(lm, "metrics.val/bits_per_byte"),
-        "tokens/s": _col(lm, "metrics.train/items_per_s"),
-        "status": lm["status"],
-    }))
-    plot_histories(report.folder / "phase2_curves.png", lm, ["train/loss", "val/loss"], ["train loss", "val loss"],
-                   lambda row: f"{row['run_id'][:8]} {row.get('tags.model', '')}")
+    report.table(
+        pd.DataFrame(
+            {
+                "run id": lm["run_id"].str[:8],
+                "model": _col(lm, "tags.model"),
+                "val loss": _col(lm, "metrics.val/loss"),
+                "val perplexity": _col(lm, "metrics.val/perplexity"),
+                "val bits/byte": _col(lm, "metrics.val/bits_per_byte"),
+                "tokens/s": _col(lm, "metrics.train/items_per_s"),
+                "status": lm["status"],
+            }
+        )
+    )
+    plot_histories(
+        report.folder / "phase2_curves.png",
+        lm,
+        ["train/loss", "val/loss"],
+        ["train loss", "val loss"],
+        lambda row: f"{row['run_id'][:8]} {row.get('tags.model', '')}",
+    )
     report.figure("phase2_curves.png", "Phase 2 learning curves (from the logged metrics)")
     diag_keys = ["diag/gamma_mean", "diag/snr_mean", "diag/lyapunov_stable_ratio", "diag/fast_weight_energy"]
     present = [k for k in diag_keys if f"metrics.{k}" in lm.columns]
@@ -491,16 +565,21 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
         report.table(table)
 
 
-def build(experiment: str | None = None, study: str | None = None, storage: str | None = None,
-          out_root: Path = OUT_ROOT) -> Path:
+def build(
+    experiment: str | None = None, study: str | None = None, storage: str | None = None, out_root: Path = OUT_ROOT
+) -> Path:
     name = study or experiment or "all"
     report = Report(title=f"Report: {name}", folder=out_root / name)
     runs = load_runs(experiment, study)
-    report.text(f"Generated from the MLflow store {default_tracking_uri()} ({len(runs)} runs). "
-                "Run ids (first 8 characters) name the run each number comes from.")
+    report.text(
+        f"Generated from the MLflow store {default_tracking_uri()} ({len(runs)} runs). "
+        "Run ids (first 8 characters) name the run each number comes from."
+    )
     if runs.empty:
-        report.text("The store holds no runs for this selection yet: train something first "
-                    "(e.g. `make demo` or `./run_balanced.sh`).")
+        report.text(
+            "The store holds no runs for this selection yet: train something first "
+            "(e.g. `make demo` or `./run_balanced.sh`)."
+        )
         return report.write()
     phase1_section(report, runs)
     study_section(report, runs, storage)

@@ -26,11 +26,12 @@ DATABASE = "research"
 
 
 def _bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
-                                       None)
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
-        raise FileNotFoundError(f"PostgreSQL's {name} was not found: install the server (Debian: "
-                                "apt-get install postgresql) or pass a storage URL of an existing server")
+        raise FileNotFoundError(
+            f"PostgreSQL's {name} was not found: install the server (Debian: "
+            "apt-get install postgresql) or pass a storage URL of an existing server"
+        )
     return found
 
 
@@ -50,8 +51,11 @@ def url(port: int, database: str = DATABASE) -> str:
 
 
 def _query(port: int, sql: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", _user(), "-d", "postgres", "-tAc",
-                           sql], capture_output=True, text=True)
+    return subprocess.run(
+        [_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", _user(), "-d", "postgres", "-tAc", sql],
+        capture_output=True,
+        text=True,
+    )
 
 
 def start(data_dir: str | Path, port: int = 5433, database: str = DATABASE, timeout: float = 60.0) -> str:
@@ -60,14 +64,37 @@ def start(data_dir: str | Path, port: int = 5433, database: str = DATABASE, time
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "PG_VERSION").exists():
-        subprocess.run(_as_owner([_bin("initdb"), "-D", str(data_dir), "-A", "trust", "-U", _user()], data_dir),
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_owner([_bin("initdb"), "-D", str(data_dir), "-A", "trust", "-U", _user()], data_dir),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     log = data_dir / "server.log"
     exists = f"SELECT 1 FROM pg_database WHERE datname='{database}'"
     if _query(port, exists).returncode != 0:  # not running yet
         options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1"
-        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data_dir), "-l", str(log), "-o", options, "-w", "-t",
-                                  str(int(timeout)), "start"], data_dir), check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_owner(
+                [
+                    _bin("pg_ctl"),
+                    "-D",
+                    str(data_dir),
+                    "-l",
+                    str(log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                data_dir,
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     deadline = time.monotonic() + timeout
     while True:  # pg_ctl -w has already waited for connections; this covers a slow first answer
         done = _query(port, exists)
@@ -77,16 +104,23 @@ def start(data_dir: str | Path, port: int = 5433, database: str = DATABASE, time
             raise RuntimeError(f"PostgreSQL on port {port} did not answer: {done.stderr.strip()} (see {log})")
         time.sleep(0.5)
     if done.stdout.strip() != "1":
-        subprocess.run([_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _user(), database], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", _user(), database],
+            check=True,
+            capture_output=True,
+        )
     return url(port, database)
 
 
 def stop(data_dir: str | Path) -> None:
     data_dir = Path(data_dir).resolve()
     if (data_dir / "postmaster.pid").exists():
-        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"], data_dir),
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_owner([_bin("pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"], data_dir),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,8 +55,12 @@ def open_storage(url: str):
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                      heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    return RDBStorage(
+        url,
+        heartbeat_interval=30,
+        grace_period=120,
+        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
+    )
 
 
 def is_local(url: str) -> bool:
@@ -84,8 +88,14 @@ def _pruner(spec: StudySpec):
 def open_study(spec: StudySpec, storage_url: str):
     import optuna
 
-    return optuna.create_study(study_name=spec.name, storage=open_storage(storage_url), sampler=_sampler(spec),
-                               pruner=_pruner(spec), direction=spec.direction, load_if_exists=True)
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=open_storage(storage_url),
+        sampler=_sampler(spec),
+        pruner=_pruner(spec),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
 
 
 def requeue_stale_trials(study) -> int:
@@ -120,11 +130,23 @@ def parent_run_id(study, spec: StudySpec, size: str) -> str | None:
     existing = study.user_attrs.get(PARENT_RUN_ATTR)
     if existing:
         return existing
-    parent = MLflowLogger(experiment=spec.phase, run_name=f"study:{spec.name}",
-                          tags={"optuna_study": spec.name, "optuna_size": size, "kind": "study"})
-    parent.log_params({"study": {"name": spec.name, "sampler": spec.sampler, "pruner": spec.pruner,
-                                 "n_trials": spec.n_trials, "objective": spec.objective,
-                                 "search_space": str(spec.search_space)}})
+    parent = MLflowLogger(
+        experiment=spec.phase,
+        run_name=f"study:{spec.name}",
+        tags={"optuna_study": spec.name, "optuna_size": size, "kind": "study"},
+    )
+    parent.log_params(
+        {
+            "study": {
+                "name": spec.name,
+                "sampler": spec.sampler,
+                "pruner": spec.pruner,
+                "n_trials": spec.n_trials,
+                "objective": spec.objective,
+                "search_space": str(spec.search_space),
+            }
+        }
+    )
     study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
     parent.client.update_run(parent.run_id, status="RUNNING")
     return parent.run_id
@@ -143,12 +165,17 @@ def _suggest(trial, spec: StudySpec) -> dict[str, Any]:
     return params
 
 
-def trial_overrides(spec: StudySpec, size: str, params: dict, number: int, parent: str | None,
-                    logger: str = "mlflow") -> list[str]:
+def trial_overrides(
+    spec: StudySpec, size: str, params: dict, number: int, parent: str | None, logger: str = "mlflow"
+) -> list[str]:
     overrides = [*spec.overrides, *spec.sizes.get(size, []), *(f"{k}={v}" for k, v in params.items())]
     if logger == "mlflow":
-        overrides += [f"logger.parent_run_id={parent}", f"logger.run_name={spec.name}-trial-{number}",
-                      f"+logger.tags.optuna_study={spec.name}", f"+logger.tags.optuna_trial={number}"]
+        overrides += [
+            f"logger.parent_run_id={parent}",
+            f"logger.run_name={spec.name}-trial-{number}",
+            f"+logger.tags.optuna_study={spec.name}",
+            f"+logger.tags.optuna_trial={number}",
+        ]
     else:
         overrides.append("logger=none")
     return overrides
@@ -172,14 +199,16 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
                 evals += 1
                 trial.report(point[spec.report_metric], step)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at step {step} ({spec.report_metric}="
-                                             f"{point[spec.report_metric]:.4g})")
+                    raise optuna.TrialPruned(
+                        f"pruned at step {step} ({spec.report_metric}={point[spec.report_metric]:.4g})"
+                    )
 
         summary = train(cfg, on_log=report)
         if summary.get("interrupted"):  # SIGINT/SIGTERM: train() saved a checkpoint; stop the whole sweep
             trial.study.stop()
-            requeue(trial.study, trial.params, trial.study._storage.get_trial_system_attrs(trial._trial_id),
-                    trial.number)
+            requeue(
+                trial.study, trial.params, trial.study._storage.get_trial_system_attrs(trial._trial_id), trial.number
+            )
             raise InterruptedError(f"trial {trial.number} was stopped by a signal; run the sweep again to go on")
         for key, value in summary.items():
             trial.set_user_attr(key, value)
@@ -191,8 +220,16 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
 
 
 # --------------------------------------------------------------------------------------------- running
-def _worker(study_file: str, size: str, storage_url: str, parent: str | None, logger: str, quota: int,
-            sampler: str | None = None, workers: int = 1) -> None:
+def _worker(
+    study_file: str,
+    size: str,
+    storage_url: str,
+    parent: str | None,
+    logger: str,
+    quota: int,
+    sampler: str | None = None,
+    workers: int = 1,
+) -> None:
     from optuna.study import MaxTrialsCallback
 
     if workers > 1:  # share the cores: OpenMP threads of several processes on one core spin against each other
@@ -203,9 +240,12 @@ def _worker(study_file: str, size: str, storage_url: str, parent: str | None, lo
     study = open_study(spec, storage_url)
     # Each local worker runs its share of the trials still missing, so N workers together neither stop short
     # nor overshoot; MaxTrialsCallback also caps the total for workers on other machines.
-    study.optimize(make_objective(spec, size, parent, logger), n_trials=quota, catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(spec.n_trials, states=_counted_states()),
-                              _tag_trial_run(spec, logger)])
+    study.optimize(
+        make_objective(spec, size, parent, logger),
+        n_trials=quota,
+        catch=(Exception,),
+        callbacks=[MaxTrialsCallback(spec.n_trials, states=_counted_states()), _tag_trial_run(spec, logger)],
+    )
 
 
 def _tag_trial_run(spec: StudySpec, logger: str):
@@ -235,8 +275,10 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
     """Study totals and the best trial; written to the parent MLflow run when there is one."""
     from optuna.trial import TrialState
 
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    counts = {
+        s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    }
     summary: dict[str, Any] = {"study": spec.name, **{f"n_{k}": v for k, v in counts.items()}}
     if counts["complete"]:
         best = study.best_trial
@@ -260,8 +302,14 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
     return summary
 
 
-def run_study(study_file: str, size: str = "demo", workers: int = 1, storage: str | None = None,
-              logger: str = "mlflow", sampler: str | None = None) -> dict[str, Any]:
+def run_study(
+    study_file: str,
+    size: str = "demo",
+    workers: int = 1,
+    storage: str | None = None,
+    logger: str = "mlflow",
+    sampler: str | None = None,
+) -> dict[str, Any]:
     spec = load_study(study_file, sampler=sampler)
     if size not in spec.sizes:
         raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
@@ -278,15 +326,21 @@ def run_study(study_file: str, size: str = "demo", workers: int = 1, storage: st
     parent = parent_run_id(study, spec, size) if logger == "mlflow" else None
     missing = spec.n_trials - len(study.get_trials(deepcopy=False, states=_counted_states()))
     quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
-    print(f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
-          f"{workers} worker(s)")
+    print(
+        f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
+        f"{workers} worker(s)"
+    )
     if missing > 0 and workers == 1:
         _worker(str(study_file), size, storage_url, parent, logger, missing, sampler)
     elif missing > 0:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker,
-                             args=(str(study_file), size, storage_url, parent, logger, quota, sampler, workers))
-                 for quota in quotas if quota > 0]
+        procs = [
+            ctx.Process(
+                target=_worker, args=(str(study_file), size, storage_url, parent, logger, quota, sampler, workers)
+            )
+            for quota in quotas
+            if quota > 0
+        ]
         for p in procs:
             p.start()
         for p in procs:

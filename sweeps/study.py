@@ -74,7 +74,9 @@ def _validate(spec: StudySpec, path: Path) -> None:
             raise ValueError(f"{path}: search_space.{name} needs `low` and `high`")
     for key in ("objective", "report_metric"):
         if "test/" in getattr(spec, key):
-            raise ValueError(f"{path}: {key}={getattr(spec, key)!r} would select on the test data; use a "
-                             "validation metric (final/val/loss, val/loss): test numbers are for final reports")
+            raise ValueError(
+                f"{path}: {key}={getattr(spec, key)!r} would select on the test data; use a "
+                "validation metric (final/val/loss, val/loss): test numbers are for final reports"
+            )
     if spec.n_trials < 1:
         raise ValueError(f"{path}: n_trials={spec.n_trials} must be >= 1")

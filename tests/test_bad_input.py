@@ -62,8 +62,14 @@ for line in sys.stdin:
 class Launcher:
     def __init__(self, folder: Path):
         self.folder, self.count = folder, 0
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], cwd=REPO_ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def __call__(self, module: str, args: list[str], env: dict | None = None) -> tuple[int, str]:
@@ -104,8 +110,10 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
     (d / "blank.txt").write_text("  \n")
     (d / "text.txt").write_text("some text to read " * 50)
     (d / "photo.hpcm").write_bytes(b"definitely not an HPCM stream" * 10)
-    save_checkpoint(d / "codec.pt", {"kind": "phase1", "model_state_dict": build_hpcm("tiny").state_dict(),
-                                     "config": {"model": {"name": "tiny"}}})
+    save_checkpoint(
+        d / "codec.pt",
+        {"kind": "phase1", "model_state_dict": build_hpcm("tiny").state_dict(), "config": {"model": {"name": "tiny"}}},
+    )
     save_checkpoint(d / "lm.pt", {"kind": "phase2", "model_state_dict": {}})
     for name, kind in (("cut1.pt", "phase1"), ("cut2.pt", "phase2")):
         path = save_checkpoint(d / name, {"kind": kind, "model_state_dict": {"w": torch.zeros(1000)}})
@@ -127,17 +135,24 @@ CASES = [
     ("p1 missing data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/nope"], ["nope", "does not exist"]),
     ("p1 empty data folder", "phase1.train", [*P1, "data=folder", "data.root={d}/empty"], ["holds no images"]),
     ("p1 corrupt image", "phase1.train", [*P1, "data=folder", "data.root={d}/corrupt"], ["none of the 1 files"]),
-    ("p1 folder without splits", "phase1.train", [*P1, "data=folder", "data.root={d}/flat"],
-     ["flat", "no train/ or test/ folder"]),
+    (
+        "p1 folder without splits",
+        "phase1.train",
+        [*P1, "data=folder", "data.root={d}/flat"],
+        ["flat", "no train/ or test/ folder"],
+    ),
     ("p1 monitor on test", "phase1.train", [*P1, "loop.monitor=test/loss"], ["loop.monitor=test/loss", "val"]),
     ("p1 unknown preset", "phase1.train", [*P1, "model=hpcm_huge"], ["model/hpcm_huge", "hpcm_base"]),
     ("p1 invalid override", "phase1.train", [*P1, "lamda=0.01"], ["Could not override 'lamda'"]),
     ("p1 wrong type", "phase1.train", [*P1, "optim.lr=fast"], ["optim.lr='fast' must be a number"]),
     ("p1 truncated checkpoint", "phase1.train", [*P1, "resume={d}/cut1.pt"], ["cut1.pt", "truncated"]),
-    ("p1 other phase", "phase1.train", [*P1, "resume={d}/lm.pt"],
-     ["phase2 checkpoint", "phase1 checkpoint is needed"]),
-    ("p2 missing text", "phase2.train", [*P2, "data=file", "data.path={d}/nowhere.txt"],
-     ["nowhere.txt", "does not exist"]),
+    ("p1 other phase", "phase1.train", [*P1, "resume={d}/lm.pt"], ["phase2 checkpoint", "phase1 checkpoint is needed"]),
+    (
+        "p2 missing text",
+        "phase2.train",
+        [*P2, "data=file", "data.path={d}/nowhere.txt"],
+        ["nowhere.txt", "does not exist"],
+    ),
     ("p2 empty folder", "phase2.train", [*P2, "data=file", "data.path={d}/empty"], ["holds no"]),
     ("p2 empty text", "phase2.train", [*P2, "data=file", "data.path={d}/blank.txt"], ["blank.txt", "is empty"]),
     ("p2 unknown preset", "phase2.train", [*P2, "model.preset=huge"], ["huge"]),
@@ -145,27 +160,59 @@ CASES = [
     ("p2 invalid override", "phase2.train", [*P2, "optim.no_such_key=1"], ["no_such_key"]),
     ("p2 wrong type", "phase2.train", [*P2, "batch_size=many"], ["batch_size", "must be a number"]),
     ("p2 truncated checkpoint", "phase2.train", [*P2, "resume={d}/cut2.pt"], ["cut2.pt", "truncated"]),
-    ("p2 other phase", "phase2.train", [*P2, "resume={d}/codec.pt"],
-     ["phase1 checkpoint", "phase2 checkpoint is needed"]),
-    ("decode corrupt bitstream", "phase1.codec", ["decode", "{d}/photo.hpcm", "{d}/earlier.png", "--checkpoint",
-                                                  "{d}/codec.pt"], ["photo.hpcm"]),
-    ("decode to a new file", "phase1.codec", ["decode", "{d}/photo.hpcm", "{d}/new.png", "--checkpoint",
-                                              "{d}/codec.pt"], ["photo.hpcm"]),
-    ("encode corrupt image", "phase1.codec", ["encode", "{d}/bad.png", "{d}/new.hpcm", "--checkpoint", "{d}/codec.pt"],
-     ["bad.png", "cannot be read"]),
-    ("encode truncated checkpoint", "phase1.codec", ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint",
-                                                     "{d}/cut1.pt"], ["cut1.pt"]),
+    (
+        "p2 other phase",
+        "phase2.train",
+        [*P2, "resume={d}/codec.pt"],
+        ["phase1 checkpoint", "phase2 checkpoint is needed"],
+    ),
+    (
+        "decode corrupt bitstream",
+        "phase1.codec",
+        ["decode", "{d}/photo.hpcm", "{d}/earlier.png", "--checkpoint", "{d}/codec.pt"],
+        ["photo.hpcm"],
+    ),
+    (
+        "decode to a new file",
+        "phase1.codec",
+        ["decode", "{d}/photo.hpcm", "{d}/new.png", "--checkpoint", "{d}/codec.pt"],
+        ["photo.hpcm"],
+    ),
+    (
+        "encode corrupt image",
+        "phase1.codec",
+        ["encode", "{d}/bad.png", "{d}/new.hpcm", "--checkpoint", "{d}/codec.pt"],
+        ["bad.png", "cannot be read"],
+    ),
+    (
+        "encode truncated checkpoint",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/cut1.pt"],
+        ["cut1.pt"],
+    ),
     ("p1 evaluate other phase", "phase1.evaluate", ["{d}/lm.pt"], ["lm.pt", "phase2 checkpoint"]),
-    ("encode other phase", "phase1.codec", ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/lm.pt"],
-     ["lm.pt", "phase1 checkpoint is needed"]),
+    (
+        "encode other phase",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/lm.pt"],
+        ["lm.pt", "phase1 checkpoint is needed"],
+    ),
     ("p1 evaluate empty folder", "phase1.evaluate", ["{d}/codec.pt", "--data", "{d}/empty"], ["holds no images"]),
     ("p2 evaluate other phase", "phase2.evaluate", ["{d}/codec.pt", "{d}/text.txt"], ["phase1 checkpoint"]),
     ("p2 evaluate truncated checkpoint", "phase2.evaluate", ["{d}/cut2.pt", "{d}/text.txt"], ["cut2.pt", "truncated"]),
-    ("p2 generate truncated checkpoint", "phase2.generate", ["{d}/cut2.pt", "--prompt", "hi"],
-     ["cut2.pt", "truncated"]),
+    (
+        "p2 generate truncated checkpoint",
+        "phase2.generate",
+        ["{d}/cut2.pt", "--prompt", "hi"],
+        ["cut2.pt", "truncated"],
+    ),
     ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
-    ("sweep unknown size", "sweeps.run", ["balanced", "--size", "huge", "--storage", "sqlite:///{d}/optuna.db",
-                                          "--logger", "none"], ["size='huge'", "demo"]),
+    (
+        "sweep unknown size",
+        "sweeps.run",
+        ["balanced", "--size", "huge", "--storage", "sqlite:///{d}/optuna.db", "--logger", "none"],
+        ["size='huge'", "demo"],
+    ),
 ]
 
 
@@ -191,8 +238,9 @@ def test_bad_input(launcher, files, tmp_path, case, module, args, needles):
 
 def test_launcher_matches_a_fresh_interpreter(launcher, files, tmp_path):
     args = [*P2, "resume=" + str(files / "codec.pt"), f"hydra.run.dir={tmp_path}", "logger=none"]
-    fresh = subprocess.run([sys.executable, "-m", "phase2.train", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=300)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "phase2.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     forked = launcher("phase2.train", args)
     error = [ln for ln in fresh.stderr.splitlines() if ln.startswith("error:")]
     assert fresh.returncode == forked[0] == 2

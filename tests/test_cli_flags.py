@@ -103,8 +103,9 @@ def test_all_phase1_rows_together(capsys, monkeypatch):
     assert_holds(run_cli("phase1.train", overrides, capsys, monkeypatch), overrides)
 
 
-@pytest.mark.parametrize("argv", [["optim.gama=0.003"], ["optim=balanced", "optim.gamma=abc"],
-                                  ["optim=balanced", "optim.w_lr=true"]])
+@pytest.mark.parametrize(
+    "argv", [["optim.gama=0.003"], ["optim=balanced", "optim.gamma=abc"], ["optim=balanced", "optim.w_lr=true"]]
+)
 def test_typos_still_refused(argv, capsys, monkeypatch):
     key = argv[-1].split("=")[0]
     with pytest.raises(SystemExit) as exit_info:
@@ -117,7 +118,7 @@ def test_typos_still_refused(argv, capsys, monkeypatch):
 def _printed_job_config(command: list[str]) -> dict:
     done = subprocess.run([*command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return yaml.safe_load(done.stdout[done.stdout.index("task_name:"):])
+    return yaml.safe_load(done.stdout[done.stdout.index("task_name:") :])
 
 
 @pytest.mark.slow

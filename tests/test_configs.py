@@ -87,8 +87,11 @@ def test_slurm_launcher_config_composes(phase):
     folder, name = config_location(phase)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                            return_hydra_config=True)
+        cfg = hydra_compose(
+            config_name=name,
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)

@@ -31,10 +31,27 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
 
 
 def _lm_command(text: Path, ckpt: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "phase2.train", "model=debug", "data=file", f"data.path={text}", "seq_len=16",
-            "batch_size=2", "loop.max_steps=200", "loop.log_every=1", "loop.ckpt_every=40", "loop.eval_every=0",
-            "loop.progress=false", "logger=none", "device=cpu", "diagnostics_every=0", f"checkpoint.dir={ckpt}",
-            f"hydra.run.dir={run}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "phase2.train",
+        "model=debug",
+        "data=file",
+        f"data.path={text}",
+        "seq_len=16",
+        "batch_size=2",
+        "loop.max_steps=200",
+        "loop.log_every=1",
+        "loop.ckpt_every=40",
+        "loop.eval_every=0",
+        "loop.progress=false",
+        "logger=none",
+        "device=cpu",
+        "diagnostics_every=0",
+        f"checkpoint.dir={ckpt}",
+        f"hydra.run.dir={run}",
+        *extra,
+    ]
 
 
 def _history(run: Path) -> dict[float, float]:
@@ -46,18 +63,35 @@ def _history(run: Path) -> dict[float, float]:
 def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("\n\n".join(builtin_articles()[:3]))
-    subprocess.run(_lm_command(text, tmp_path / "full", tmp_path / "full_run"), check=True, env=ENV, cwd=ROOT,
-                   capture_output=True, timeout=300)
-    victim = subprocess.Popen(_lm_command(text, tmp_path / "ckpt", tmp_path / "run1"), env=ENV, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        _lm_command(text, tmp_path / "full", tmp_path / "full_run"),
+        check=True,
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    victim = subprocess.Popen(
+        _lm_command(text, tmp_path / "ckpt", tmp_path / "run1"),
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for(lambda: (tmp_path / "ckpt" / "step_00000080.pt").exists(), 240, "the step-80 checkpoint")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     resumed_from = load_checkpoint(tmp_path / "ckpt" / "last.pt")["global_step"]
     assert 80 <= resumed_from < 200
-    subprocess.run(_lm_command(text, tmp_path / "ckpt", tmp_path / "run2", f"resume={tmp_path / 'ckpt' / 'last.pt'}"),
-                   check=True, env=ENV, cwd=ROOT, capture_output=True, timeout=300)
+    subprocess.run(
+        _lm_command(text, tmp_path / "ckpt", tmp_path / "run2", f"resume={tmp_path / 'ckpt' / 'last.pt'}"),
+        check=True,
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
     full, resumed = _history(tmp_path / "full_run"), _history(tmp_path / "run2")
     after = [s for s in full if s > resumed_from]
     assert len(after) == 200 - resumed_from
@@ -84,8 +118,9 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
         folder = tmp_path / f"try{attempt}"
         folder.mkdir()
         path = folder / "last.pt"
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, env=ENV,
-                                  stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
+        )
         written = int(writer.stdout.readline())  # one complete version exists
         _wait_for(lambda folder=folder: any(folder.glob(".last.pt.*.tmp")), 30, "a checkpoint write in progress")
         writer.send_signal(signal.SIGKILL)
@@ -141,10 +176,27 @@ def test_random_nonfinite_losses_skip_or_abort_past_the_limit(tmp_path, rate, se
 
 
 def test_a_diverged_cli_run_ends_with_one_clear_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "phase2.train", "logger=none", "model=debug", "batch_size=2",
-                           "seq_len=16", "optim.lr=1e9", "loop.max_steps=60", "loop.max_nonfinite_in_row=5",
-                           "loop.progress=false", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phase2.train",
+            "logger=none",
+            "model=debug",
+            "batch_size=2",
+            "seq_len=16",
+            "optim.lr=1e9",
+            "loop.max_steps=60",
+            "loop.max_nonfinite_in_row=5",
+            "loop.progress=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "5 consecutive steps had a non-finite loss" in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: 5 consecutive")
@@ -175,9 +227,14 @@ def test_sweep_worker_killed_mid_trial_is_retried_by_the_next_run(tmp_path):
     study_file = tmp_path / "killed.yaml"
     study_file.write_text(textwrap.dedent(STUDY))
     storage = f"journal:{tmp_path / 'journal.log'}"
-    worker = subprocess.Popen([sys.executable, "-m", "sweeps.run", str(study_file), "--storage", storage, "--logger",
-                               "none"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.run", str(study_file), "--storage", storage, "--logger", "none"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def running() -> bool:
         if not (tmp_path / "journal.log").exists():
@@ -188,16 +245,23 @@ def test_sweep_worker_killed_mid_trial_is_retried_by_the_next_run(tmp_path):
     _wait_for(running, 240, "a running trial")
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=30)
-    killed = [t for t in optuna.load_study(study_name="killed", storage=open_storage(storage)).trials
-              if t.state == optuna.trial.TrialState.RUNNING]
+    killed = [
+        t
+        for t in optuna.load_study(study_name="killed", storage=open_storage(storage)).trials
+        if t.state == optuna.trial.TrialState.RUNNING
+    ]
     states = lambda trials: [(t.number, t.state.name, t.params) for t in trials]  # noqa: E731 (for messages)
     assert len(killed) == 1, states(optuna.load_study(study_name="killed", storage=open_storage(storage)).trials)
     summary = run_study(str(study_file), storage=storage, logger="none")
     study = optuna.load_study(study_name="killed", storage=open_storage(storage))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert summary["n_complete"] == 4 and len(done) == 4, (summary, states(study.trials))
-    assert {(t.params["optim.gamma"], t.params["optim.w_lr"]) for t in done} == \
-        {(0.001, 0.01), (0.001, 0.05), (0.01, 0.01), (0.01, 0.05)}
+    assert {(t.params["optim.gamma"], t.params["optim.w_lr"]) for t in done} == {
+        (0.001, 0.01),
+        (0.001, 0.05),
+        (0.01, 0.01),
+        (0.01, 0.05),
+    }
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [killed[0].number], states(study.trials)  # the killed one, failed
     retry = [t for t in done if t.user_attrs.get("retry_of") == killed[0].number]
@@ -232,11 +296,28 @@ def test_a_locked_mlflow_store_does_not_stall_training_and_nothing_is_lost(tmp_p
         if step == 20:
             threading.Thread(target=hold_lock, args=(8.0,), daemon=True).start()
 
-    summary = train(compose("phase2", ["model=debug", "data=file", f"data.path={text}", "seq_len=16", "batch_size=2",
-                                       "loop.max_steps=400", "loop.log_every=5", "loop.eval_every=0",
-                                       "loop.progress=false", "device=cpu", "diagnostics_every=0",
-                                       f"checkpoint.dir={tmp_path / 'ckpt'}", f"paths.output_root={tmp_path}",
-                                       "logger.run_name=locked"]), on_log=on_log)
+    summary = train(
+        compose(
+            "phase2",
+            [
+                "model=debug",
+                "data=file",
+                f"data.path={text}",
+                "seq_len=16",
+                "batch_size=2",
+                "loop.max_steps=400",
+                "loop.log_every=5",
+                "loop.eval_every=0",
+                "loop.progress=false",
+                "device=cpu",
+                "diagnostics_every=0",
+                f"checkpoint.dir={tmp_path / 'ckpt'}",
+                f"paths.output_root={tmp_path}",
+                "logger.run_name=locked",
+            ],
+        ),
+        on_log=on_log,
+    )
     assert summary["global_step"] == 400
     assert max(b - a for a, b in zip(stamps, stamps[1:])) < 4.0  # no step waited for the 8 s lock
     released.wait(30)
@@ -255,10 +336,28 @@ def _free_port() -> int:
 
 
 def _start_tracking_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    return subprocess.Popen(cmd, env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=db.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=db.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _healthy(port: int) -> bool:
@@ -272,8 +371,9 @@ def _healthy(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_tracking_server_down_mid_run_warns_once_and_loses_nothing(tmp_path, _migrated_store_template, monkeypatch,
-                                                                      capsys):
+def test_a_tracking_server_down_mid_run_warns_once_and_loses_nothing(
+    tmp_path, _migrated_store_template, monkeypatch, capsys
+):
     import shutil
     import warnings
 
@@ -306,11 +406,29 @@ def test_a_tracking_server_down_mid_run_warns_once_and_loses_nothing(tmp_path, _
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            summary = train(compose("phase2", [
-                "model=debug", "data=file", f"data.path={text}", "seq_len=16", "batch_size=2", "loop.max_steps=300",
-                "loop.log_every=5", "loop.eval_every=0", "loop.progress=false", "device=cpu", "diagnostics_every=0",
-                "logger.flush_seconds=0.2", f"checkpoint.dir={tmp_path / 'ckpt'}", f"paths.output_root={tmp_path}",
-                "logger.run_name=outage"]), on_log=on_log)
+            summary = train(
+                compose(
+                    "phase2",
+                    [
+                        "model=debug",
+                        "data=file",
+                        f"data.path={text}",
+                        "seq_len=16",
+                        "batch_size=2",
+                        "loop.max_steps=300",
+                        "loop.log_every=5",
+                        "loop.eval_every=0",
+                        "loop.progress=false",
+                        "device=cpu",
+                        "diagnostics_every=0",
+                        "logger.flush_seconds=0.2",
+                        f"checkpoint.dir={tmp_path / 'ckpt'}",
+                        f"paths.output_root={tmp_path}",
+                        "logger.run_name=outage",
+                    ],
+                ),
+                on_log=on_log,
+            )
         assert summary["global_step"] == 300
         gaps = [stamps[s + 5] - stamps[s] for s in range(50, 285, 5)]
         assert max(gaps) < 2.0, gaps  # steps went on while the server was away (a dead server answers nothing)

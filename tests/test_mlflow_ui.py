@@ -39,9 +39,18 @@ def _wait_http(url: str, seconds: float) -> None:
 
 
 def _chromium(*args: str) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--virtual-time-budget=15000", "--window-size=1400,900"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=15000",
+        "--window-size=1400,900",
+    ]
     out = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
     return out.stdout
 
@@ -57,8 +66,14 @@ def test_mlflow_ui_shows_experiment_run_and_metrics(mlflow_store, tmp_path):
 
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
-    server = subprocess.Popen(["make", "-s", "mlflow-ui", f"PORT={port}"], cwd=REPO_ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        ["make", "-s", "mlflow-ui", f"PORT={port}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(f"{base}/health", 120)

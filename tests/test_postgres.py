@@ -40,8 +40,9 @@ def _install_server() -> None:
             raise
     quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], env=quiet, check=True, capture_output=True, text=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=quiet, check=True, capture_output=True,
-                   text=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "postgresql"], env=quiet, check=True, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,13 @@ def test_four_workers_share_one_study_on_postgresql(server, tmp_path):
 def test_mlflow_server_on_postgresql(server, tmp_path):
     port = _free_port()
     backend = postgres.start(server[1], int(server[0].rsplit(":", 1)[1].split("/")[0]), database="mlflow")
-    proc = subprocess.Popen(["make", "-s", "mlflow-server", f"PORT={port}", f"BACKEND={backend}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "-s", "mlflow-server", f"PORT={port}", f"BACKEND={backend}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 150
         while True:

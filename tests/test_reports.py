@@ -15,18 +15,41 @@ from reports.build import build, load_runs, rd_curves, rd_sets
 ADAM = [(0.0035, 0.20, 28.0), (0.0067, 0.33, 30.1), (0.013, 0.52, 32.0), (0.025, 0.80, 33.9)]
 
 
-def _log_rd_run(optim: str, lmbda: float, bpp: float, psnr: float, rd_set: str | None = None, steps: int = 100,
-                tags: dict | None = None, params: dict | None = None) -> str:
+def _log_rd_run(
+    optim: str,
+    lmbda: float,
+    bpp: float,
+    psnr: float,
+    rd_set: str | None = None,
+    steps: int = 100,
+    tags: dict | None = None,
+    params: dict | None = None,
+) -> str:
     """A finished Phase 1 run as train() logs it: tags, the flattened config, val/* and the final test/*."""
-    run_tags = {"phase": "phase1", "model": "tiny", "optim": optim, **({"rd_set": rd_set} if rd_set else {}),
-                **(tags or {})}
+    run_tags = {
+        "phase": "phase1",
+        "model": "tiny",
+        "optim": optim,
+        **({"rd_set": rd_set} if rd_set else {}),
+        **(tags or {}),
+    }
     logger = MLflowLogger("phase1", run_name=f"{optim}-{lmbda}", tags=run_tags)
-    logger.log_params({"optim": {"name": optim}, "lmbda": lmbda, "loop": {"max_steps": steps}, "rd_set": rd_set,
-                       "model": {"name": "tiny"}, "data": {"source": "builtin", "root": None},
-                       "eval": {"max_images": None}, **(params or {})})
+    logger.log_params(
+        {
+            "optim": {"name": optim},
+            "lmbda": lmbda,
+            "loop": {"max_steps": steps},
+            "rd_set": rd_set,
+            "model": {"name": "tiny"},
+            "data": {"source": "builtin", "root": None},
+            "eval": {"max_images": None},
+            **(params or {}),
+        }
+    )
     logger.log_metrics({"val/loss": 1.0 + lmbda, "val/psnr": psnr - 0.5, "val/bpp_real": bpp * 1.01}, step=steps)
-    logger.log_metrics({"test/bpp_real": bpp, "test/psnr": psnr, "test/bpp_loss": bpp * 0.98, "test/images": 3.0},
-                       step=steps)
+    logger.log_metrics(
+        {"test/bpp_real": bpp, "test/psnr": psnr, "test/bpp_loss": bpp * 0.98, "test/images": 3.0}, step=steps
+    )
     if optim == "balanced":
         for step in (10, 50, 100):
             logger.log_metrics({"train/task_weight_distortion": 0.5 + step / 1000}, step=step)
@@ -60,8 +83,13 @@ def test_rd_report_matches_direct_computation(mlflow_store, tmp_path):
 
     mlflow.set_tracking_uri(mlflow_store)
     runs = mlflow.search_runs(experiment_names=["phase1"])
-    curves = {o: [{"bpp": r["metrics.test/bpp_real"], "psnr": r["metrics.test/psnr"]}
-                  for _, r in runs[runs["params.optim.name"] == o].iterrows()] for o in ("adam", "balanced")}
+    curves = {
+        o: [
+            {"bpp": r["metrics.test/bpp_real"], "psnr": r["metrics.test/psnr"]}
+            for _, r in runs[runs["params.optim.name"] == o].iterrows()
+        ]
+        for o in ("adam", "balanced")
+    }
     expected = rd.bd_rate(curves["adam"], curves["balanced"])
     assert expected == pytest.approx(-10.0, abs=1e-6)
     row = _table_row(text, "| main | adam | balanced |")
@@ -76,31 +104,60 @@ def test_each_curve_holds_only_its_own_rd_set(mlflow_store, tmp_path):
     """One store: a sweep whose trials even carry rd_set=A, sets A and B (comparable), set C (mixed max_steps) and
     runs without rd_set. Each curve holds exactly its set's runs; C is reported as not comparable."""
     parent = MLflowLogger("phase1", run_name="study:sw", tags={"kind": "study", "optuna_study": "sw"})
-    parent.log_params({"study": {"objective": "final/val/loss", "search_space": str({
-        "optim.gamma": {"type": "categorical", "choices": [0.001, 0.01]},
-        "optim.w_lr": {"type": "categorical", "choices": [0.025, 0.05]}})}})
-    trials = [_log_rd_run("balanced", 0.013, 0.5 + 0.01 * n, 31.0 + n, rd_set="A", steps=30,
-                          tags={"optuna_study": "sw", "optuna_trial": n, "optuna_state": "COMPLETE",
-                                "mlflow.parentRunId": parent.run_id},
-                          params={"optim": {"name": "balanced", "gamma": [0.001, 0.01, 0.01][n],
-                                            "w_lr": [0.025, 0.025, 0.05][n]}})
-              for n in range(3)]
+    parent.log_params(
+        {
+            "study": {
+                "objective": "final/val/loss",
+                "search_space": str(
+                    {
+                        "optim.gamma": {"type": "categorical", "choices": [0.001, 0.01]},
+                        "optim.w_lr": {"type": "categorical", "choices": [0.025, 0.05]},
+                    }
+                ),
+            }
+        }
+    )
+    trials = [
+        _log_rd_run(
+            "balanced",
+            0.013,
+            0.5 + 0.01 * n,
+            31.0 + n,
+            rd_set="A",
+            steps=30,
+            tags={
+                "optuna_study": "sw",
+                "optuna_trial": n,
+                "optuna_state": "COMPLETE",
+                "mlflow.parentRunId": parent.run_id,
+            },
+            params={"optim": {"name": "balanced", "gamma": [0.001, 0.01, 0.01][n], "w_lr": [0.025, 0.025, 0.05][n]}},
+        )
+        for n in range(3)
+    ]
     parent.close()
     ids = {
-        "A": {"adam": [_log_rd_run("adam", lm, b, p, rd_set="A") for lm, b, p in ADAM],
-              "balanced": [_log_rd_run("balanced", lm, 0.9 * b, p, rd_set="A") for lm, b, p in ADAM]},
-        "B": {"adam": [_log_rd_run("adam", lm, 1.1 * b, p + 1, rd_set="B") for lm, b, p in ADAM],
-              "balanced": [_log_rd_run("balanced", lm, 0.88 * b, p + 1, rd_set="B") for lm, b, p in ADAM]},
-        "C": {"adam": [_log_rd_run("adam", lm, b, p, rd_set="C", steps=100) for lm, b, p in ADAM],
-              "balanced": [_log_rd_run("balanced", lm, b, p, rd_set="C", steps=200) for lm, b, p in ADAM]},
+        "A": {
+            "adam": [_log_rd_run("adam", lm, b, p, rd_set="A") for lm, b, p in ADAM],
+            "balanced": [_log_rd_run("balanced", lm, 0.9 * b, p, rd_set="A") for lm, b, p in ADAM],
+        },
+        "B": {
+            "adam": [_log_rd_run("adam", lm, 1.1 * b, p + 1, rd_set="B") for lm, b, p in ADAM],
+            "balanced": [_log_rd_run("balanced", lm, 0.88 * b, p + 1, rd_set="B") for lm, b, p in ADAM],
+        },
+        "C": {
+            "adam": [_log_rd_run("adam", lm, b, p, rd_set="C", steps=100) for lm, b, p in ADAM],
+            "balanced": [_log_rd_run("balanced", lm, b, p, rd_set="C", steps=200) for lm, b, p in ADAM],
+        },
     }
     loose = [_log_rd_run("adam", lm, b, p) for lm, b, p in ADAM[:2]]
 
     curves = rd_curves(load_runs())
     assert sorted(curves) == ["A", "B", "C"]
     for name in ("A", "B"):
-        assert {o: sorted(p["run_id"] for p in curve) for o, curve in curves[name].items()} == \
-            {o: sorted(run_ids) for o, run_ids in ids[name].items()}
+        assert {o: sorted(p["run_id"] for p in curve) for o, curve in curves[name].items()} == {
+            o: sorted(run_ids) for o, run_ids in ids[name].items()
+        }
     in_curves = {p["run_id"] for sets in curves.values() for curve in sets.values() for p in curve}
     assert not in_curves & {*trials, *loose}
     differences = rd_sets(load_runs())["C"].differences
@@ -114,11 +171,13 @@ def test_each_curve_holds_only_its_own_rd_set(mlflow_store, tmp_path):
         own = {r for run_ids in ids[name].values() for r in run_ids}
         section = sections[f"Phase 1: R-D set {name}"]
         assert {r for r in every_id if r[:8] in section} == own  # its own runs, all of them, nothing else
-    assert float(_table_row(sections["Phase 1: R-D set A"], "| A | adam | balanced |")[3]) == \
-        pytest.approx(rd.bd_rate([{"bpp": b, "psnr": p} for _, b, p in ADAM],
-                                 [{"bpp": 0.9 * b, "psnr": p} for _, b, p in ADAM]), abs=1e-3)
-    assert float(_table_row(sections["Phase 1: R-D set B"], "| B | adam | balanced |")[3]) == \
-        pytest.approx(-20.0, abs=1e-3)
+    assert float(_table_row(sections["Phase 1: R-D set A"], "| A | adam | balanced |")[3]) == pytest.approx(
+        rd.bd_rate([{"bpp": b, "psnr": p} for _, b, p in ADAM], [{"bpp": 0.9 * b, "psnr": p} for _, b, p in ADAM]),
+        abs=1e-3,
+    )
+    assert float(_table_row(sections["Phase 1: R-D set B"], "| B | adam | balanced |")[3]) == pytest.approx(
+        -20.0, abs=1e-3
+    )
     assert "Not drawn as a comparison: its runs differ in `loop.max_steps`" in sections["Phase 1: R-D set C"]
     assert "| C | adam | balanced |" not in sections["Phase 1: R-D set C"]
     assert (report.parent / "rd_A.png").exists() and (report.parent / "rd_B.png").exists()
@@ -137,8 +196,12 @@ def test_study_section_reports_the_best_trial(mlflow_store, tmp_path):
     parent = MLflowLogger("phase1", run_name="study:s", tags={"kind": "study", "optuna_study": "s"})
     losses = [3.0, 1.5, 2.0]
     for number, loss in enumerate(losses):
-        child = MLflowLogger("phase1", run_name=f"s-trial-{number}", parent_run_id=parent.run_id,
-                             tags={"optuna_study": "s", "optuna_trial": number, "optuna_state": "COMPLETE"})
+        child = MLflowLogger(
+            "phase1",
+            run_name=f"s-trial-{number}",
+            parent_run_id=parent.run_id,
+            tags={"optuna_study": "s", "optuna_trial": number, "optuna_state": "COMPLETE"},
+        )
         child.log_params({"optim": {"gamma": 0.001 * (number + 1)}})
         child.log_metrics({"test/loss": loss}, step=1)
         child.close()

@@ -50,8 +50,12 @@ def test_four_trials_four_nested_runs(tmp_path, mlflow_store):
     assert len(parent) == 1 and len(trials) == 4
     assert set(trials["tags.mlflow.parentRunId"]) == {parent.iloc[0]["run_id"]}
     assert set(trials["tags.optuna_state"]) == {"COMPLETE"}
-    assert {(float(g), float(w)) for g, w in zip(trials["params.optim.gamma"], trials["params.optim.w_lr"])} == \
-        {(0.001, 0.01), (0.001, 0.05), (0.01, 0.01), (0.01, 0.05)}
+    assert {(float(g), float(w)) for g, w in zip(trials["params.optim.gamma"], trials["params.optim.w_lr"])} == {
+        (0.001, 0.01),
+        (0.001, 0.05),
+        (0.01, 0.01),
+        (0.01, 0.05),
+    }
     best = min(trials["metrics.val/loss"])
     assert parent.iloc[0]["metrics.study/best_value"] == pytest.approx(best)
 
@@ -59,8 +63,7 @@ def test_four_trials_four_nested_runs(tmp_path, mlflow_store):
 def test_failing_trial_does_not_stop_the_study(tmp_path, mlflow_store):
     # gamma = "broken" cannot be a float: that trial fails inside train(), the others complete
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    summary = run_study(_study_file(tmp_path, name="failing", gammas="[0.001, broken]"), storage=storage,
-                        logger="none")
+    summary = run_study(_study_file(tmp_path, name="failing", gammas="[0.001, broken]"), storage=storage, logger="none")
     assert summary["n_fail"] == 2 and summary["n_complete"] == 2
 
 
@@ -81,8 +84,9 @@ def test_interrupted_study_continues(tmp_path):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    summary = run_study(_study_file(tmp_path, name="parallel"), workers=2,
-                        storage=f"journal:{tmp_path / 'journal.log'}", logger="none")
+    summary = run_study(
+        _study_file(tmp_path, name="parallel"), workers=2, storage=f"journal:{tmp_path / 'journal.log'}", logger="none"
+    )
     assert summary["n_complete"] == 4 and summary["n_fail"] == 0
 
 

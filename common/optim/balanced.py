@@ -109,8 +109,7 @@ class Balanced(CautiousAdam):
             raise ValueError(f"task_weight_update={task_weight_update!r}: choose one of {TASK_WEIGHT_UPDATES}")
         if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
             raise ValueError(f"warmup_steps={warmup_steps!r} must be a whole number >= 0")
-        super().__init__(params, lr, betas, eps, weight_decay, mask_scale_max,
-                         mask_scaling=mask_scaling, impl=impl)
+        super().__init__(params, lr, betas, eps, weight_decay, mask_scale_max, mask_scaling=mask_scaling, impl=impl)
         self.task_weight_update = task_weight_update
         self.famo = FAMO(n_tasks, gamma=gamma, w_lr=w_lr, max_norm=max_norm)
         if min_losses is not None:
@@ -158,8 +157,9 @@ class Balanced(CautiousAdam):
         self._stepped = False
         return self.famo.get_weighted_loss(task_losses)
 
-    def backward_with_task_balancing(self, task_losses: torch.Tensor,
-                                     shared_params: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
+    def backward_with_task_balancing(
+        self, task_losses: torch.Tensor, shared_params: Iterable[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Backward of the weighted loss, then clip shared_params' gradient norm to max_norm."""
         loss = self.get_weighted_loss(task_losses)
         loss.backward()
@@ -168,8 +168,7 @@ class Balanced(CautiousAdam):
         return loss
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None,
-             task_losses: torch.Tensor | None = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, task_losses: torch.Tensor | None = None):
         """Cautious Adam step. task_losses (optional, the seed's call form): the losses this step's
         gradient came from; they become the starting point of the next task-weight update."""
         loss = None
@@ -190,8 +189,7 @@ class Balanced(CautiousAdam):
             self.famo.update(new_task_losses)
 
     @torch.no_grad()
-    def update_task_weights_replayed(self, task_losses_fn: Callable[[], torch.Tensor],
-                                     rng_state: dict) -> torch.Tensor:
+    def update_task_weights_replayed(self, task_losses_fn: Callable[[], torch.Tensor], rng_state: dict) -> torch.Tensor:
         """The "second_forward" update: run task_losses_fn() (a forward on the same batch, model left in
         train mode, so BatchNorm running statistics would see the batch twice) with the RNG as in
         rng_state = capture_rng_state() taken before the first forward, update the task weights from it,
@@ -203,16 +201,22 @@ class Balanced(CautiousAdam):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["task_balancing"] = {**self.famo.state_dict(), "stepped": self._stepped,
-                                   "steps_done": self._steps_done, "weighted": self._weighted}
+        state["task_balancing"] = {
+            **self.famo.state_dict(),
+            "stepped": self._stepped,
+            "steps_done": self._steps_done,
+            "weighted": self._weighted,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
         balancing = state.pop("task_balancing", None)
         if balancing is None:
-            raise ValueError("this optimizer state has no 'task_balancing' entry, so it was not saved by "
-                             "Balanced; load it into the optimizer that wrote it (e.g. CautiousAdam/Adam)")
+            raise ValueError(
+                "this optimizer state has no 'task_balancing' entry, so it was not saved by "
+                "Balanced; load it into the optimizer that wrote it (e.g. CautiousAdam/Adam)"
+            )
         super().load_state_dict(state)
         self.famo.load_state_dict(balancing)
         self._stepped = bool(balancing["stepped"])

@@ -71,8 +71,15 @@ class CautiousAdam(torch.optim.Optimizer):
             raise ValueError(f"mask_scaling={mask_scaling!r}: choose one of {MASK_SCALINGS}")
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r}: choose one of {IMPLS}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        mask_scale_max=mask_scale_max, mask_scaling=mask_scaling, cautious=cautious)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            mask_scale_max=mask_scale_max,
+            mask_scaling=mask_scaling,
+            cautious=cautious,
+        )
         super().__init__(params, defaults)
         self.impl = impl
         self._fused_cache: dict = {}  # device-side address/block tables, rebuilt when tensors move
@@ -114,8 +121,10 @@ class CautiousAdam(torch.optim.Optimizer):
         if self._fused_cache.get(("checked", gi)) != ptrs:
             if not _fused_supported(tensors, self.impl):
                 if self.impl == "fused":
-                    raise ValueError("impl='fused' needs contiguous float32 parameters and gradients on one CUDA "
-                                     "device (or TRITON_INTERPRET=1 on the CPU); impl='auto' falls back to the loop")
+                    raise ValueError(
+                        "impl='fused' needs contiguous float32 parameters and gradients on one CUDA "
+                        "device (or TRITON_INTERPRET=1 on the CPU); impl='auto' falls back to the loop"
+                    )
                 return False
             self._fused_cache[("checked", gi)] = ptrs
         # tensors of one group share lr/betas but may differ in step count (a parameter that had no gradient
@@ -128,8 +137,7 @@ class CautiousAdam(torch.optim.Optimizer):
             sub = ptrs if len(by_step) == 1 else tuple(ptrs[4 * i + j] for i in idx for j in range(4))
             plan = self._fused_cache.get(key)
             if plan is None or plan[0] != sub:  # the caching allocator mostly hands back the same addresses
-                plan = self._fused_cache[key] = (sub, *_tables(sub, [params[i].numel() for i in idx],
-                                                               params[0].device))
+                plan = self._fused_cache[key] = (sub, *_tables(sub, [params[i].numel() for i in idx], params[0].device))
             _launch(plan[1:], t, group)
         return True
 
@@ -142,11 +150,15 @@ def _hyper(group: dict) -> tuple:
 
 def _check_grad(p: torch.Tensor) -> None:
     if p.grad.is_sparse:
-        raise ValueError(f"CautiousAdam got a sparse gradient for a parameter of shape {tuple(p.shape)}; "
-                         "use dense gradients (e.g. nn.Embedding(sparse=False))")
+        raise ValueError(
+            f"CautiousAdam got a sparse gradient for a parameter of shape {tuple(p.shape)}; "
+            "use dense gradients (e.g. nn.Embedding(sparse=False))"
+        )
     if p.is_complex() or p.grad.is_complex():
-        raise ValueError(f"CautiousAdam got a complex parameter of shape {tuple(p.shape)}; "
-                         "optimise torch.view_as_real(p) as a real parameter instead")
+        raise ValueError(
+            f"CautiousAdam got a complex parameter of shape {tuple(p.shape)}; "
+            "optimise torch.view_as_real(p) as a real parameter instead"
+        )
 
 
 def _mask_scale(mask: torch.Tensor, group: dict) -> torch.Tensor:
@@ -175,6 +187,7 @@ def _loop_update(p, g, m, v, t: int, group: dict) -> None:
 
 # ----------------------------------------------------------------------------- fused (Triton) path
 
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -183,8 +196,10 @@ def _fused_supported(tensors: list[torch.Tensor], impl: str) -> bool:
     dev = tensors[0].device
     if triton is None or not (dev.type == "cuda" or (impl == "fused" and dev.type == "cpu" and _interpreting())):
         return False
-    return all(x.dtype == torch.float32 and x.device == dev and x.is_contiguous() and x.numel() < 2**31 - _BLOCK
-               for x in tensors)
+    return all(
+        x.dtype == torch.float32 and x.device == dev and x.is_contiguous() and x.numel() < 2**31 - _BLOCK
+        for x in tensors
+    )
 
 
 _KERNELS: list = []
@@ -218,13 +233,26 @@ def _launch(tables: tuple, t: int, group: dict) -> None:
     other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
     with torch.cuda.device(dev) if other_gpu else nullcontext():
         moments[grid](ptr_table, block_tensor, block_start, numel_t, counts, b1, b2, BLOCK=_BLOCK)
-        update[grid](ptr_table, block_tensor, block_start, numel_t, counts,
-                     1 - lr * wd, lr / (1 - b1**t), math.sqrt(1 - b2**t), eps, group["mask_scale_max"],
-                     CAUTIOUS=bool(group["cautious"]), PAPER=group["mask_scaling"] == "paper", BLOCK=_BLOCK)
+        update[grid](
+            ptr_table,
+            block_tensor,
+            block_start,
+            numel_t,
+            counts,
+            1 - lr * wd,
+            lr / (1 - b1**t),
+            math.sqrt(1 - b2**t),
+            eps,
+            group["mask_scale_max"],
+            CAUTIOUS=bool(group["cautious"]),
+            PAPER=group["mask_scaling"] == "paper",
+            BLOCK=_BLOCK,
+        )
 
 
 # The two kernels below are plain functions wrapped by triton.jit in _kernels(). Pointer table layout:
 # for tensor i, entries 4i..4i+3 hold the addresses of p, grad, exp_avg, exp_avg_sq.
+
 
 def _moments_kernel(ptr_table, block_tensor, block_start, numels, counts, b1, b2, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -243,9 +271,21 @@ def _moments_kernel(ptr_table, block_tensor, block_start, numels, counts, b1, b2
     tl.atomic_add(counts + t, tl.sum(agree.to(tl.int32), axis=0))  # integer sum: deterministic
 
 
-def _update_kernel(ptr_table, block_tensor, block_start, numels, counts,
-                   decay, step_size, bc2_sqrt, eps, scale_max,
-                   CAUTIOUS: tl.constexpr, PAPER: tl.constexpr, BLOCK: tl.constexpr):
+def _update_kernel(
+    ptr_table,
+    block_tensor,
+    block_start,
+    numels,
+    counts,
+    decay,
+    step_size,
+    bc2_sqrt,
+    eps,
+    scale_max,
+    CAUTIOUS: tl.constexpr,
+    PAPER: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
     n = tl.load(numels + t)

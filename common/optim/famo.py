@@ -96,8 +96,7 @@ class FAMO:
         self.prev_losses = losses.detach().to(self.w.dtype)
         self._prev_log_d = self._log_d(self.prev_losses)
 
-    def backward(self, losses: torch.Tensor,
-                 shared_parameters: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
+    def backward(self, losses: torch.Tensor, shared_parameters: Iterable[torch.Tensor] | None = None) -> torch.Tensor:
         """Backward of the weighted loss, then clip shared_parameters' gradient norm to max_norm."""
         loss = self.get_weighted_loss(losses)
         loss.backward()
@@ -109,8 +108,10 @@ class FAMO:
     def update(self, curr_losses: torch.Tensor) -> None:
         """One Adam step on the logits from the progress prev_losses -> curr_losses."""
         if self.prev_losses is None:
-            raise RuntimeError("FAMO.update() needs the losses of a weighted loss first: "
-                               "call get_weighted_loss() or backward() before update()")
+            raise RuntimeError(
+                "FAMO.update() needs the losses of a weighted loss first: "
+                "call get_weighted_loss() or backward() before update()"
+            )
         curr = self._as_losses(curr_losses, "curr_losses").detach().to(self.w.device, self.w.dtype)
         delta = self._prev_log_d - self._log_d(curr)  # (n_tasks,): each task's log-progress
         z = self.weights
@@ -126,16 +127,27 @@ class FAMO:
         self.w.addcdiv_(self.exp_avg, denom, value=-self.w_lr / (1 - b1**self.step_count))
 
     def state_dict(self) -> dict:
-        return {"n_tasks": self.n_tasks, "gamma": self.gamma, "w_lr": self.w_lr, "max_norm": self.max_norm,
-                "betas": self.betas, "adam_eps": self.adam_eps, "logits": self.w.clone(),
-                "min_losses": self.min_losses.clone(), "exp_avg": self.exp_avg.clone(),
-                "exp_avg_sq": self.exp_avg_sq.clone(), "step": self.step_count,
-                "prev_losses": None if self.prev_losses is None else self.prev_losses.clone()}
+        return {
+            "n_tasks": self.n_tasks,
+            "gamma": self.gamma,
+            "w_lr": self.w_lr,
+            "max_norm": self.max_norm,
+            "betas": self.betas,
+            "adam_eps": self.adam_eps,
+            "logits": self.w.clone(),
+            "min_losses": self.min_losses.clone(),
+            "exp_avg": self.exp_avg.clone(),
+            "exp_avg_sq": self.exp_avg_sq.clone(),
+            "step": self.step_count,
+            "prev_losses": None if self.prev_losses is None else self.prev_losses.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["n_tasks"] != self.n_tasks:
-            raise ValueError(f"checkpoint has n_tasks={state['n_tasks']} but this FAMO has "
-                             f"n_tasks={self.n_tasks}; build it with n_tasks={state['n_tasks']}")
+            raise ValueError(
+                f"checkpoint has n_tasks={state['n_tasks']} but this FAMO has "
+                f"n_tasks={self.n_tasks}; build it with n_tasks={state['n_tasks']}"
+            )
         like = dict(dtype=self.w.dtype, device=self.w.device)
         self.gamma, self.w_lr, self.max_norm = state["gamma"], state["w_lr"], state["max_norm"]
         self.betas, self.adam_eps = tuple(state["betas"]), state["adam_eps"]
@@ -154,8 +166,10 @@ class FAMO:
     def _as_losses(self, losses, name: str) -> torch.Tensor:
         t = losses if isinstance(losses, torch.Tensor) else torch.tensor(losses, dtype=self.w.dtype)
         if t.shape != (self.n_tasks,):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({self.n_tasks},), one loss per "
-                             "task (e.g. torch.stack([distortion, rate]))")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}; expected ({self.n_tasks},), one loss per "
+                "task (e.g. torch.stack([distortion, rate]))"
+            )
         return t
 
     def to(self, device: torch.device | str) -> FAMO:

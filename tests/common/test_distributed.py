@@ -22,8 +22,14 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, phase: str, overrides: list[str], out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     import torch
 
     torch.set_num_threads(1)
@@ -42,8 +48,9 @@ def _run(phase: str, overrides: list[str], world: int, out: Path) -> list[list[d
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
             os.environ.pop(key)
     else:
-        mp.start_processes(_worker, args=(world, _free_port(), phase, overrides, str(out)), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world, _free_port(), phase, overrides, str(out)), nprocs=world, start_method="spawn"
+        )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -60,9 +67,20 @@ def text(tmp_path_factory):
 
 @pytest.mark.slow
 def test_phase2_two_ranks_equal_one_rank_with_the_double_batch(text, tmp_path):
-    common = ["model=debug", "data=file", f"data.path={text}", "seq_len=32", "loop.max_steps=5", "loop.log_every=1",
-              "loop.eval_every=0", "loop.progress=false", "logger=none", "device=cpu", "diagnostics_every=0",
-              f"paths.output_root={tmp_path / 'outputs'}"]
+    common = [
+        "model=debug",
+        "data=file",
+        f"data.path={text}",
+        "seq_len=32",
+        "loop.max_steps=5",
+        "loop.log_every=1",
+        "loop.eval_every=0",
+        "loop.progress=false",
+        "logger=none",
+        "device=cpu",
+        "diagnostics_every=0",
+        f"paths.output_root={tmp_path / 'outputs'}",
+    ]
     two = _run("phase2", [*common, "batch_size=4", f"checkpoint.dir={tmp_path / 'two'}"], 2, tmp_path / "r2")
     one = _run("phase2", [*common, "batch_size=8", f"checkpoint.dir={tmp_path / 'one'}"], 1, tmp_path / "r1")
     assert _train_losses(two[0]) == _train_losses(two[1])  # every rank logs the global mean
@@ -74,15 +92,31 @@ def test_phase2_two_ranks_equal_one_rank_with_the_double_batch(text, tmp_path):
 def test_phase1_balanced_task_weights_agree_across_ranks_and_one_run_is_logged(tmp_path, mlflow_store):
     import mlflow
 
-    common = ["model=tiny", "optim=balanced", "data.patch_size=64", "loop.max_steps=4", "loop.log_every=1",
-              "loop.eval_every=0", "loop.progress=false", "device=cpu", "eval.real_bitstreams=false",
-              f"paths.output_root={tmp_path / 'outputs'}"]
-    two = _run("phase1", [*common, "data.batch_size=2", "logger.run_name=ddp", f"checkpoint.dir={tmp_path / 'two'}"],
-               2, tmp_path / "r2")
-    one = _run("phase1", [*common, "data.batch_size=4", "logger=none", f"checkpoint.dir={tmp_path / 'one'}"], 1,
-               tmp_path / "r1")
-    weights = [[p["train/task_weight_distortion"] for p in rank if "train/task_weight_distortion" in p]
-               for rank in two]
+    common = [
+        "model=tiny",
+        "optim=balanced",
+        "data.patch_size=64",
+        "loop.max_steps=4",
+        "loop.log_every=1",
+        "loop.eval_every=0",
+        "loop.progress=false",
+        "device=cpu",
+        "eval.real_bitstreams=false",
+        f"paths.output_root={tmp_path / 'outputs'}",
+    ]
+    two = _run(
+        "phase1",
+        [*common, "data.batch_size=2", "logger.run_name=ddp", f"checkpoint.dir={tmp_path / 'two'}"],
+        2,
+        tmp_path / "r2",
+    )
+    one = _run(
+        "phase1",
+        [*common, "data.batch_size=4", "logger=none", f"checkpoint.dir={tmp_path / 'one'}"],
+        1,
+        tmp_path / "r1",
+    )
+    weights = [[p["train/task_weight_distortion"] for p in rank if "train/task_weight_distortion" in p] for rank in two]
     assert len(weights[0]) == 4 and weights[0] == weights[1]  # bit for bit: FAMO saw the same global losses
     # same samples, same start; only the quantization noise differs (seeded per rank)
     assert _train_losses(two[0]) == pytest.approx(_train_losses(one[0]), rel=0.05)
@@ -95,16 +129,38 @@ def test_phase1_balanced_task_weights_agree_across_ranks_and_one_run_is_logged(t
 @pytest.mark.slow
 def test_torchrun_end_to_end_and_resume(text, tmp_path):
     ckpt = tmp_path / "ckpt"
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "phase2.train", "model=debug", "data=file", f"data.path={text}", "seq_len=32", "batch_size=4",
-            "loop.eval_every=0", "loop.progress=false", "logger=none", "device=cpu", f"checkpoint.dir={ckpt}",
-            f"paths.output_root={tmp_path / 'outputs'}"]
+    base = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "phase2.train",
+        "model=debug",
+        "data=file",
+        f"data.path={text}",
+        "seq_len=32",
+        "batch_size=4",
+        "loop.eval_every=0",
+        "loop.progress=false",
+        "logger=none",
+        "device=cpu",
+        f"checkpoint.dir={ckpt}",
+        f"paths.output_root={tmp_path / 'outputs'}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*base, "loop.max_steps=3"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "phase2").iterdir())
     assert len(runs) == 1 and (runs[0] / "training_history.json").exists()  # one folder per run, not per rank
-    done = subprocess.run([*base, "loop.max_steps=6", f"resume={ckpt / 'last.pt'}"], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [*base, "loop.max_steps=6", f"resume={ckpt / 'last.pt'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'global_step': 6.0" in done.stdout

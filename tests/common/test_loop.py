@@ -150,8 +150,12 @@ def test_a_scalar_of_some_steps_is_averaged_over_those_steps(tmp_path):
     model = nn.Linear(8, 1)
     hooks = SparseHooks(model, torch.optim.SGD(model.parameters(), lr=1e-3))
     points = []
-    loop = Loop(LoopConfig(max_steps=12, log_every=6, progress=False), hooks,
-                EpochBatches(NoisyRegression(), batch_size=16, seed=3), on_log=lambda step, p: points.append(p))
+    loop = Loop(
+        LoopConfig(max_steps=12, log_every=6, progress=False),
+        hooks,
+        EpochBatches(NoisyRegression(), batch_size=16, seed=3),
+        on_log=lambda step, p: points.append(p),
+    )
     loop.run()
     points = [p for p in points if "train/loss" in p]  # the end's evaluation is logged too
     assert [p["train/diag/value"] for p in points] == [(3 + 6) / 2, (9 + 12) / 2]

@@ -159,8 +159,15 @@ def test_checkpoint_restores_task_weights_and_continues_identically(tmp_path, mo
 
     train(model, opt, sched, data[:4])
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "rng": torch.get_rng_state()}, buf)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+        },
+        buf,
+    )
     ckpt = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     model2 = NoisyModel().train()
     model2.load_state_dict(ckpt["model"])

@@ -38,10 +38,11 @@ def test_matches_formula_50_steps_with_weight_decay_and_scheduler(scaling, scale
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in SHAPES]
     b1, b2, eps = 0.9, 0.99, 1e-8
-    groups = [{"params": params[:2], "lr": 3e-2, "weight_decay": 0.1},
-              {"params": params[2:], "lr": 1e-2, "weight_decay": 0.0}]
-    opt = CautiousAdam(groups, betas=(b1, b2), eps=eps, mask_scale_max=scale_max, mask_scaling=scaling,
-                       impl="loop")
+    groups = [
+        {"params": params[:2], "lr": 3e-2, "weight_decay": 0.1},
+        {"params": params[2:], "lr": 1e-2, "weight_decay": 0.0},
+    ]
+    opt = CautiousAdam(groups, betas=(b1, b2), eps=eps, mask_scale_max=scale_max, mask_scaling=scaling, impl="loop")
     decay = lambda k: 0.5 * (1 + math.cos(math.pi * k / 50))  # noqa: E731 (cosine LR, written here)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
@@ -49,8 +50,11 @@ def test_matches_formula_50_steps_with_weight_decay_and_scheduler(scaling, scale
     base_lr = [3e-2, 3e-2, 1e-2, 1e-2]
     wds = [0.1, 0.1, 0.0, 0.0]
     for k in range(50):
-        grads = [torch.randn(s, generator=gen, dtype=torch.float64)
-                 * (torch.rand(s, generator=gen, dtype=torch.float64) > 0.2) for s in SHAPES]  # some exact 0
+        grads = [
+            torch.randn(s, generator=gen, dtype=torch.float64)
+            * (torch.rand(s, generator=gen, dtype=torch.float64) > 0.2)
+            for s in SHAPES
+        ]  # some exact 0
         skip = 3 if k % 7 == 3 else None  # a parameter without gradient keeps its own step count
         for i, (p, g) in enumerate(zip(params, grads)):
             p.grad = None if i == skip else g.clone()
@@ -61,8 +65,9 @@ def test_matches_formula_50_steps_with_weight_decay_and_scheduler(scaling, scale
                 continue
             r = ref[i]
             r[3] += 1
-            r[0], r[1], r[2] = formula_step(r[0], g, r[1], r[2], r[3], base_lr[i] * decay(k), wds[i],
-                                            b1, b2, eps, scale_max, scaling)
+            r[0], r[1], r[2] = formula_step(
+                r[0], g, r[1], r[2], r[3], base_lr[i] * decay(k), wds[i], b1, b2, eps, scale_max, scaling
+            )
     diff = max((p.detach() - r[0]).abs().max().item() for p, r in zip(params, ref))
     assert diff < 1e-7
     assert opt.param_groups[0]["lr"] == pytest.approx(3e-2 * decay(50))
@@ -136,8 +141,9 @@ def test_fused_kernels_match_loop_in_interpreter():
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    run = subprocess.run([sys.executable, "-c", FUSED_VS_LOOP], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", FUSED_VS_LOOP], env=env, cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(result) == {"balanced_rd-True", "paper-True", "balanced_rd-False"}
@@ -213,8 +219,17 @@ def test_sparse_and_complex_gradients_are_refused():
         CautiousAdam([z]).step()
 
 
-@pytest.mark.parametrize("kw", [dict(lr=-1.0), dict(betas=(1.0, 0.9)), dict(mask_scaling="nope"),
-                                dict(impl="cuda"), dict(mask_scale_max=0.5), dict(weight_decay=-1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=-1.0),
+        dict(betas=(1.0, 0.9)),
+        dict(mask_scaling="nope"),
+        dict(impl="cuda"),
+        dict(mask_scale_max=0.5),
+        dict(weight_decay=-1),
+    ],
+)
 def test_bad_arguments_name_the_value(kw):
     with pytest.raises(ValueError, match=str(next(iter(kw)))):
         CautiousAdam([torch.zeros(2, requires_grad=True)], **kw)

@@ -140,6 +140,7 @@ def test_quality_overlap():
 
 
 def test_rd_plot_is_written(tmp_path):
-    path = rd.plot_rd({"adam": _curve([0.2, 0.4], [28, 31]), "balanced": _curve([0.2, 0.4], [28.5, 31.2])},
-                      tmp_path / "rd.png")
+    path = rd.plot_rd(
+        {"adam": _curve([0.2, 0.4], [28, 31]), "balanced": _curve([0.2, 0.4], [28.5, 31.2])}, tmp_path / "rd.png"
+    )
     assert path.stat().st_size > 5000

@@ -21,8 +21,13 @@ def _point(bpp, mse):
     (phase1.loss.psnr, as evaluate_image), then plain means over the images."""
     bpp, mse = [float(b) for b in bpp], [float(m) for m in mse]
     psnrs = [psnr(m) for m in mse]
-    return {"bpp": sum(bpp) / len(bpp), "psnr": sum(psnrs) / len(psnrs), "bpp_per_image": bpp,
-            "mse_per_image": mse, "psnr_per_image": psnrs}
+    return {
+        "bpp": sum(bpp) / len(bpp),
+        "psnr": sum(psnrs) / len(psnrs),
+        "bpp_per_image": bpp,
+        "mse_per_image": mse,
+        "psnr_per_image": psnrs,
+    }
 
 
 def _rd_curve(bpp, mse):
@@ -86,8 +91,10 @@ def test_point_estimate_is_bd_rate_on_mean_of_per_image_psnr():
     gain = np.linspace(1.0, -0.5, 12)[np.argsort(np.argsort(-mse[0]))]  # +1 dB on the worst photo, -0.5 on the best
     anchor, test = _rd_curve(bpp, mse), _rd_curve(bpp * 0.9, mse * 10 ** (-gain / 10))
     result = rd.bd_rate_bootstrap(anchor, test, samples=50)
-    mean_points = [[{"bpp": np.mean(p["bpp_per_image"]), "psnr": np.mean(p["psnr_per_image"])} for p in curve]
-                   for curve in (anchor, test)]
+    mean_points = [
+        [{"bpp": np.mean(p["bpp_per_image"]), "psnr": np.mean(p["psnr_per_image"])} for p in curve]
+        for curve in (anchor, test)
+    ]
     assert result["bd_rate"] == pytest.approx(rd.bd_rate(*mean_points), abs=1e-9)
     assert result["bd_rate"] == pytest.approx(rd.bd_rate(anchor, test), abs=1e-9)  # what `compare` reports
     # the PSNR of the mean MSE gives another number on these data, so the test above can tell them apart
@@ -158,11 +165,11 @@ def test_bjontegaard_needs_psnr_sorted_points_and_resamples_get_them():
     with pytest.raises(ValueError, match="strictly increasing"):
         bjontegaard.bd_rate(ra, pa, rt, pt, method="pchip", require_matching_points=False, min_overlap=0)
     with pytest.raises(AssertionError):  # first PSNR above the last: the package's flip check trips
-        bjontegaard.bd_rate(ra, pa, rt, pt[[3, 1, 2, 0]], method="pchip", require_matching_points=False,
-                            min_overlap=0)
+        bjontegaard.bd_rate(ra, pa, rt, pt[[3, 1, 2, 0]], method="pchip", require_matching_points=False, min_overlap=0)
     order = np.argsort(pt)
-    expected = bjontegaard.bd_rate(ra, pa, rt[order], pt[order], method="pchip", require_matching_points=False,
-                                   min_overlap=0)
+    expected = bjontegaard.bd_rate(
+        ra, pa, rt[order], pt[order], method="pchip", require_matching_points=False, min_overlap=0
+    )
     assert rd._bd_rate_any_order(ra, pa, rt, pt) == pytest.approx(expected) and np.isfinite(expected)
     assert rd._bd_rate_any_order(ra, pa, 0.9 * ra, pa) == pytest.approx(rd.bd_rate(_curve(ra, pa), _curve(rt, pa)))
     tied = rd._bd_rate_any_order(ra, pa, np.append(rt, 0.5), np.append(pt, 31.0))  # two points at 31 dB

@@ -11,11 +11,25 @@ from common.config import compose
 from phase1.data import image_paths
 from phase1.train import train
 
-FAST = ["model=tiny", "data.patch_size=64", "data.batch_size=2", "data.repeats=1", "loop.log_every=1",
-        "loop.progress=false", "eval.max_images=1"]
+FAST = [
+    "model=tiny",
+    "data.patch_size=64",
+    "data.batch_size=2",
+    "data.repeats=1",
+    "loop.log_every=1",
+    "loop.progress=false",
+    "eval.max_images=1",
+]
 
-TRAIN_METRICS = ["train/loss", "train/distortion", "train/bpp_loss", "train/psnr", "train/lr", "train/grad_norm",
-                 "train/skipped_steps"]
+TRAIN_METRICS = [
+    "train/loss",
+    "train/distortion",
+    "train/bpp_loss",
+    "train/psnr",
+    "train/lr",
+    "train/grad_norm",
+    "train/skipped_steps",
+]
 EVAL_TERMS = ["loss", "distortion", "bpp_loss", "bpp_real", "psnr", "ms_ssim"]
 VAL_METRICS = [f"val/{k}" for k in EVAL_TERMS]
 TEST_METRICS = [f"test/{k}" for k in EVAL_TERMS] + ["test/images"]
@@ -25,8 +39,17 @@ TEST_METRICS = [f"test/{k}" for k in EVAL_TERMS] + ["test/images"]
 def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
     import mlflow
 
-    cfg = compose("phase1", [*FAST, f"optim={optim}", "loop.max_steps=3", "loop.eval_every=3",
-                             f"checkpoint.dir={tmp_path / 'ckpt'}", f"logger.run_name=test-{optim}"])
+    cfg = compose(
+        "phase1",
+        [
+            *FAST,
+            f"optim={optim}",
+            "loop.max_steps=3",
+            "loop.eval_every=3",
+            f"checkpoint.dir={tmp_path / 'ckpt'}",
+            f"logger.run_name=test-{optim}",
+        ],
+    )
     summary = train(cfg)
     assert summary["global_step"] == 3 and summary["skipped_steps"] == 0
     mlflow.set_tracking_uri(mlflow_store)
@@ -53,12 +76,23 @@ def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
 def test_resume_continues_the_same_curve_and_run(tmp_path, mlflow_store):
     import mlflow
 
-    common = [*FAST, "optim=balanced", "loop.max_steps=4", "loop.eval_every=100", "loop.ckpt_every=2",
-              "checkpoint.keep_last=5", "eval.real_bitstreams=false"]
+    common = [
+        *FAST,
+        "optim=balanced",
+        "loop.max_steps=4",
+        "loop.eval_every=100",
+        "loop.ckpt_every=2",
+        "checkpoint.keep_last=5",
+        "eval.real_bitstreams=false",
+    ]
     full = train(compose("phase1", [*common, f"checkpoint.dir={tmp_path / 'full'}"]))
     # resume from the step-2 checkpoint of that run, as after a crash at step 3
-    resumed = train(compose("phase1", [*common, f"checkpoint.dir={tmp_path / 'again'}",
-                                       f"resume={tmp_path / 'full' / 'step_00000002.pt'}"]))
+    resumed = train(
+        compose(
+            "phase1",
+            [*common, f"checkpoint.dir={tmp_path / 'again'}", f"resume={tmp_path / 'full' / 'step_00000002.pt'}"],
+        )
+    )
     assert resumed["global_step"] == 4
     a = load_checkpoint(tmp_path / "full" / "last.pt")["history"]
     b = load_checkpoint(tmp_path / "again" / "last.pt")["history"]
@@ -79,8 +113,19 @@ def test_resume_continues_the_same_curve_and_run(tmp_path, mlflow_store):
 def test_evaluate_json_in_compressai_format(tmp_path):
     from phase1.evaluate import main
 
-    train(compose("phase1", [*FAST, "logger=none", "loop.max_steps=1", "loop.eval_every=100",
-                             "eval.real_bitstreams=false", f"checkpoint.dir={tmp_path / 'ckpt'}"]))
+    train(
+        compose(
+            "phase1",
+            [
+                *FAST,
+                "logger=none",
+                "loop.max_steps=1",
+                "loop.eval_every=100",
+                "eval.real_bitstreams=false",
+                f"checkpoint.dir={tmp_path / 'ckpt'}",
+            ],
+        )
+    )
     out = tmp_path / "rd.json"
     assert main([str(tmp_path / "ckpt" / "last.pt"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -105,8 +150,18 @@ def test_validation_picks_best_and_test_is_touched_once_at_the_end(tmp_path, mon
         return real(model, paths, *args, **kwargs)
 
     monkeypatch.setattr(phase1_train, "evaluate_images", spy)
-    cfg = compose("phase1", [*FAST, "eval.max_images=null", "logger=none", "loop.max_steps=4", "loop.eval_every=2",
-                             "eval.real_bitstreams=false", f"checkpoint.dir={tmp_path / 'ckpt'}"])
+    cfg = compose(
+        "phase1",
+        [
+            *FAST,
+            "eval.max_images=null",
+            "logger=none",
+            "loop.max_steps=4",
+            "loop.eval_every=2",
+            "eval.real_bitstreams=false",
+            f"checkpoint.dir={tmp_path / 'ckpt'}",
+        ],
+    )
     summary = train(cfg)
     val = sorted(p.name for p in image_paths("builtin", None, "val"))
     test = sorted(p.name for p in image_paths("builtin", None, "test"))
@@ -120,9 +175,20 @@ def test_validation_picks_best_and_test_is_touched_once_at_the_end(tmp_path, mon
 def test_balanced_warmup_then_famo_and_effective_lambda(tmp_path):
     """With optim.warmup_steps=2 the first two steps keep uniform weights and the plain lambda; FAMO moves
     the weights after them, and effective_lambda = lambda * w_D / w_R of the step's gradient weights."""
-    cfg = compose("phase1", [*FAST, "optim=balanced", "optim.warmup_steps=2", "logger=none", "loop.max_steps=4",
-                             "loop.eval_every=100", "eval.real_bitstreams=false", "lmbda=0.013",
-                             f"checkpoint.dir={tmp_path / 'ckpt'}"])
+    cfg = compose(
+        "phase1",
+        [
+            *FAST,
+            "optim=balanced",
+            "optim.warmup_steps=2",
+            "logger=none",
+            "loop.max_steps=4",
+            "loop.eval_every=100",
+            "eval.real_bitstreams=false",
+            "lmbda=0.013",
+            f"checkpoint.dir={tmp_path / 'ckpt'}",
+        ],
+    )
     train(cfg)
     history = [p for p in load_checkpoint(tmp_path / "ckpt" / "last.pt")["history"] if "train/loss" in p]
     assert [p["train/task_weight_distortion"] for p in history[:2]] == [0.5, 0.5]
@@ -137,12 +203,24 @@ def test_bf16_mixed_trains_on_the_cpu(model, tmp_path):
     """precision=bf16-mixed: convolutions in bf16, entropy model and likelihoods in float32 (HPCM.forward)."""
     runs = {}
     for precision in ("32", "bf16-mixed"):
-        cfg = compose("phase1", [*FAST, f"model={model}", f"precision={precision}", "logger=none", "device=cpu",
-                                 "loop.max_steps=3", "loop.eval_every=100", "eval.real_bitstreams=false",
-                                 f"checkpoint.dir={tmp_path / precision}"])
+        cfg = compose(
+            "phase1",
+            [
+                *FAST,
+                f"model={model}",
+                f"precision={precision}",
+                "logger=none",
+                "device=cpu",
+                "loop.max_steps=3",
+                "loop.eval_every=100",
+                "eval.real_bitstreams=false",
+                f"checkpoint.dir={tmp_path / precision}",
+            ],
+        )
         summary = train(cfg)
         assert summary["skipped_steps"] == 0
-        runs[precision] = [p["train/loss"] for p in load_checkpoint(tmp_path / precision / "last.pt")["history"]
-                           if "train/loss" in p]
+        runs[precision] = [
+            p["train/loss"] for p in load_checkpoint(tmp_path / precision / "last.pt")["history"] if "train/loss" in p
+        ]
     assert runs["bf16-mixed"] == pytest.approx(runs["32"], rel=0.05)
     assert runs["bf16-mixed"] != runs["32"]  # autocast was really on

@@ -1,6 +1,6 @@
 """Phase 1 training on the GPU at the scale users train at: HPCM_Base (and Large), batch 8 x 256².
 
-    pytest -m gpu tests/phase1/test_train_gpu.py      # on a machine with a CUDA device
+pytest -m gpu tests/phase1/test_train_gpu.py      # on a machine with a CUDA device
 """
 
 from __future__ import annotations
@@ -12,11 +12,21 @@ from common.checkpoint import load_checkpoint
 from common.config import compose
 from phase1.train import train
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
-BASE = ["data.patch_size=256", "data.batch_size=8", "logger=none", "device=cuda", "loop.progress=false",
-        "loop.log_every=1", "optim.lr=1e-4"]
+BASE = [
+    "data.patch_size=256",
+    "data.batch_size=8",
+    "logger=none",
+    "device=cuda",
+    "loop.progress=false",
+    "loop.log_every=1",
+    "optim.lr=1e-4",
+]
 
 
 def _history(folder):
@@ -26,8 +36,17 @@ def _history(folder):
 def test_real_bpp_matches_the_estimate_at_every_evaluation(tmp_path):
     """Three in-training evaluations and the final test of HPCM_Base on CUDA: real bytes within 5 % of the
     likelihoods' estimate at each (the coding tables are rebuilt per evaluation; graphs must follow them)."""
-    cfg = compose("phase1", [*BASE, "model=hpcm_base", "optim=adam", "loop.max_steps=300", "loop.eval_every=100",
-                             f"checkpoint.dir={tmp_path}"])
+    cfg = compose(
+        "phase1",
+        [
+            *BASE,
+            "model=hpcm_base",
+            "optim=adam",
+            "loop.max_steps=300",
+            "loop.eval_every=100",
+            f"checkpoint.dir={tmp_path}",
+        ],
+    )
     summary = train(cfg)
     evals = [p for p in _history(tmp_path) if "val/bpp_real" in p]
     assert [int(p["step"]) for p in evals] == [100, 200, 300]
@@ -39,9 +58,19 @@ def test_real_bpp_matches_the_estimate_at_every_evaluation(tmp_path):
 
 
 def _losses(model: str, precision: str, folder) -> list[float]:
-    cfg = compose("phase1", [*BASE, f"model={model}", f"precision={precision}", "loop.max_steps=50",
-                             "loop.eval_every=1000", "eval.real_bitstreams=false", "eval.max_images=1",
-                             f"checkpoint.dir={folder}"])
+    cfg = compose(
+        "phase1",
+        [
+            *BASE,
+            f"model={model}",
+            f"precision={precision}",
+            "loop.max_steps=50",
+            "loop.eval_every=1000",
+            "eval.real_bitstreams=false",
+            "eval.max_images=1",
+            f"checkpoint.dir={folder}",
+        ],
+    )
     assert train(cfg)["skipped_steps"] == 0
     return [p["train/loss"] for p in _history(folder) if "train/loss" in p]
 
@@ -64,6 +93,8 @@ def test_bf16_mixed_losses_follow_float32_for_50_steps(model, tmp_path):
     if worst < 0.02:
         return
     noise = _gaps(reference, _losses(model, "32", tmp_path / "32again"))
-    print(f"{model}: float32 vs float32 largest {max(noise):.4f} (step {noise.index(max(noise)) + 1}), "
-          f"mean {sum(noise) / 50:.4f}")
+    print(
+        f"{model}: float32 vs float32 largest {max(noise):.4f} (step {noise.index(max(noise)) + 1}), "
+        f"mean {sum(noise) / 50:.4f}"
+    )
     assert worst <= 1.5 * max(noise) and sum(bf16) <= 1.5 * sum(noise)

@@ -23,8 +23,9 @@ def run_interpreted():
 
     def run(code: str, timeout: float = 600) -> str:
         env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
         assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.stdout[-2000:], out.stderr[-3000:])
         return out.stdout
 

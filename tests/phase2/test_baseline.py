@@ -53,8 +53,9 @@ def test_attention_is_softmax_attention():
 
 def test_encoder_decoder_shapes_and_greedy_decode():
     torch.manual_seed(0)
-    model = Transformer(src_vocab_size=11, tgt_vocab_size=13, d_model=32, num_layers=2, num_heads=4, d_ff=64,
-                        max_len=12, dropout=0.1)
+    model = Transformer(
+        src_vocab_size=11, tgt_vocab_size=13, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_len=12, dropout=0.1
+    )
     src = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     tgt = torch.tensor([[11, 1, 2, 3], [11, 4, 5, 12]])
     src_mask, tgt_mask = create_masks(src, tgt)
@@ -64,13 +65,14 @@ def test_encoder_decoder_shapes_and_greedy_decode():
     ys = greedy_decode(model, src, src_mask, max_len=6, start_symbol=11, end_symbol=12)
     assert ys.shape[0] == 2 and ys.shape[1] <= 7 and (ys[:, 0] == 11).all()
     one = greedy_decode(model, src[:1], src_mask[:1], max_len=6, start_symbol=11, end_symbol=12)
-    assert torch.equal(one[0, :one.shape[1]], ys[0, :one.shape[1]])  # batching changes nothing
+    assert torch.equal(one[0, : one.shape[1]], ys[0, : one.shape[1]])  # batching changes nothing
 
 
 def test_decoder_only_lm_is_causal():
     torch.manual_seed(0)
-    lm = TransformerLM(TransformerLMConfig(vocab_size=20, d_model=32, n_layers=2, n_heads=4, ffn_dim=64,
-                                           max_len=16)).eval()
+    lm = TransformerLM(
+        TransformerLMConfig(vocab_size=20, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, max_len=16)
+    ).eval()
     ids = torch.randint(0, 20, (2, 12))
     ref = lm(ids)
     ids[:, 6] = (ids[:, 6] + 1) % 20
@@ -99,9 +101,12 @@ def test_conversion_copies_what_it_says():
     model = convert_phase1_to_phase2(base)
     p1 = dict(base.named_parameters())
     p2 = dict(model.named_parameters(remove_duplicate=False))
-    expected = ["tok_emb.weight", "head.weight"] + [f"blocks.{i}.{m}.{leaf}" for i in range(2)
-                                                     for m in ("ln1", "ln2", "ffn.fc1", "ffn.fc2")
-                                                     for leaf in ("weight", "bias")]
+    expected = ["tok_emb.weight", "head.weight"] + [
+        f"blocks.{i}.{m}.{leaf}"
+        for i in range(2)
+        for m in ("ln1", "ln2", "ffn.fc1", "ffn.fc2")
+        for leaf in ("weight", "bias")
+    ]
     assert sorted(model.conversion["copied"]) == sorted(expected)
     assert torch.equal(p2["tok_emb.weight"], p1["embed.tok.weight"])
     assert torch.equal(p2["head.weight"], p1["fc_out.weight"])
@@ -125,8 +130,9 @@ def test_conversion_freezes_only_the_copied_weights():
 
 def test_conversion_skips_and_reports():
     base = _baseline()
-    cfg = Phase2Config(vocab_size=40, d_model=32, n_layers=3, n_seq=48, num_heads=2, head_dim=16, ffn_dim=80,
-                       tie_embeddings=True)
+    cfg = Phase2Config(
+        vocab_size=40, d_model=32, n_layers=3, n_seq=48, num_heads=2, head_dim=16, ffn_dim=80, tie_embeddings=True
+    )
     model = convert_phase1_to_phase2(base, cfg)
     skipped = dict(model.conversion["skipped"])
     assert "shape (64, 32) in Phase 1" in skipped["blocks.0.ffn.fc1.weight"]

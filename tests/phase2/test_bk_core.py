@@ -146,8 +146,9 @@ def _leaves(shape, dtype, seed, per_channel_z=True):
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     k = k + 0.1j * torch.randn(shape, generator=gen, dtype=real)  # complex couplings: the whole domain
     zshape = (shape[-2], 1) if per_channel_z else ()
-    z = torch.complex(0.3 * torch.randn(zshape, generator=gen, dtype=real),
-                      0.05 + 0.1 * torch.rand(zshape, generator=gen, dtype=real))
+    z = torch.complex(
+        0.3 * torch.randn(zshape, generator=gen, dtype=real), 0.05 + 0.1 * torch.rand(zshape, generator=gen, dtype=real)
+    )
     return [x.requires_grad_(True) for x in (a, k, z)]
 
 
@@ -175,8 +176,9 @@ def _check_against_reference(fn, shape, dtype, tol, seed):
 @pytest.mark.parametrize("chunked", [False, True])
 def test_triton_interpreter_matches_reference(tri, T, chunked):
     # batch 3 x channels 5, z per channel; chunked=True forces the two-pass long-chain path
-    cfg = tri.BKCoreTritonConfig(tile_fwd=8, tile_bwd=8, chunk_below=10**9 if chunked else 0, target_rows=64,
-                                 min_chunk=16)
+    cfg = tri.BKCoreTritonConfig(
+        tile_fwd=8, tile_bwd=8, chunk_below=10**9 if chunked else 0, target_rows=64, min_chunk=16
+    )
     old, tri.CONFIG = tri.CONFIG, cfg
     try:
         _check_against_reference(tri.bk_core_triton, (3, 5, T), torch.complex64, 1e-4, seed=T)

@@ -10,12 +10,32 @@ from phase2.baseline import TransformerLMConfig
 from phase2.config import Phase2Config, get_phase2_preset
 from phase2.model import Phase2IntegratedModel, create_phase2_model
 
-SEED_DEFAULTS = dict(use_triton_bk=True, triton_block_size=256, base_decay=0.01, adaptive_decay=True,
-                     hebbian_eta=0.1, hebbian_dt=1.0, num_heads=8, head_dim=64, snr_threshold=2.0,
-                     snr_gamma_boost=2.0, snr_eta_boost=1.5, resonance_enabled=True,
-                     resonance_energy_threshold=0.1, use_zeta_init=True, zeta_embedding_trainable=False,
-                     vocab_size=50257, d_model=512, n_layers=6, n_seq=1024, ffn_dim=None, dropout=0.1,
-                     target_vram_gb=8.0, target_speedup_triton=3.0, phase1_config=None)
+SEED_DEFAULTS = dict(
+    use_triton_bk=True,
+    triton_block_size=256,
+    base_decay=0.01,
+    adaptive_decay=True,
+    hebbian_eta=0.1,
+    hebbian_dt=1.0,
+    num_heads=8,
+    head_dim=64,
+    snr_threshold=2.0,
+    snr_gamma_boost=2.0,
+    snr_eta_boost=1.5,
+    resonance_enabled=True,
+    resonance_energy_threshold=0.1,
+    use_zeta_init=True,
+    zeta_embedding_trainable=False,
+    vocab_size=50257,
+    d_model=512,
+    n_layers=6,
+    n_seq=1024,
+    ffn_dim=None,
+    dropout=0.1,
+    target_vram_gb=8.0,
+    target_speedup_triton=3.0,
+    phase1_config=None,
+)
 
 
 def test_seed_defaults():
@@ -25,13 +45,34 @@ def test_seed_defaults():
     assert cfg.validate() is cfg
 
 
-@pytest.mark.parametrize("name,value", [
-    ("vocab_size", 0), ("d_model", -1), ("n_layers", 1.5), ("n_seq", 0), ("num_heads", 0), ("head_dim", True),
-    ("chunk_size", 0), ("gate_interval", 0), ("triton_block_size", 0), ("ffn_dim", 0), ("base_decay", 0.0),
-    ("hebbian_eta", -0.1), ("hebbian_dt", 0), ("snr_threshold", 0), ("snr_gamma_boost", 0.5),
-    ("snr_eta_boost", 0.9), ("dropout", 1.0), ("resonance_energy_threshold", 1.5), ("gamma_adjust_rate", -0.1),
-    ("adaptive_decay", "yes"), ("tie_embeddings", 1), ("target_vram_gb", 0), ("phase1_config", 3),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("vocab_size", 0),
+        ("d_model", -1),
+        ("n_layers", 1.5),
+        ("n_seq", 0),
+        ("num_heads", 0),
+        ("head_dim", True),
+        ("chunk_size", 0),
+        ("gate_interval", 0),
+        ("triton_block_size", 0),
+        ("ffn_dim", 0),
+        ("base_decay", 0.0),
+        ("hebbian_eta", -0.1),
+        ("hebbian_dt", 0),
+        ("snr_threshold", 0),
+        ("snr_gamma_boost", 0.5),
+        ("snr_eta_boost", 0.9),
+        ("dropout", 1.0),
+        ("resonance_energy_threshold", 1.5),
+        ("gamma_adjust_rate", -0.1),
+        ("adaptive_decay", "yes"),
+        ("tie_embeddings", 1),
+        ("target_vram_gb", 0),
+        ("phase1_config", 3),
+    ],
+)
 def test_validate_names_the_bad_field(name, value):
     with pytest.raises(ValueError, match=name):
         Phase2Config(**{name: value}).validate()
@@ -39,8 +80,9 @@ def test_validate_names_the_bad_field(name, value):
 
 def test_phase1_config_must_match_vocab_and_width():
     with pytest.raises(ValueError, match="phase1_config.vocab_size"):
-        Phase2Config(vocab_size=100, d_model=64, phase1_config=TransformerLMConfig(vocab_size=99, d_model=64,
-                                                                                   n_heads=4)).validate()
+        Phase2Config(
+            vocab_size=100, d_model=64, phase1_config=TransformerLMConfig(vocab_size=99, d_model=64, n_heads=4)
+        ).validate()
 
 
 def test_dict_round_trip_through_json():
@@ -54,16 +96,24 @@ def test_dict_round_trip_through_json():
 
 
 def test_from_phase1_takes_the_baseline_shape():
-    base = TransformerLMConfig(vocab_size=300, d_model=96, n_layers=3, n_heads=3, ffn_dim=200, max_len=128,
-                               dropout=0.05)
+    base = TransformerLMConfig(
+        vocab_size=300, d_model=96, n_layers=3, n_heads=3, ffn_dim=200, max_len=128, dropout=0.05
+    )
     cfg = Phase2Config.from_phase1(base)
-    assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.resolved_ffn_dim, cfg.dropout) == \
-        (300, 96, 3, 128, 200, 0.05)
+    assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.resolved_ffn_dim, cfg.dropout) == (
+        300,
+        96,
+        3,
+        128,
+        200,
+        0.05,
+    )
     assert (cfg.num_heads, cfg.head_dim, cfg.phase1_config, cfg.ffn_activation) == (3, 32, base, "relu")
 
 
-@pytest.mark.parametrize("name,d,L,T,H", [("small", 256, 4, 512, 4), ("base", 512, 6, 1024, 8),
-                                          ("large", 1024, 12, 2048, 16)])
+@pytest.mark.parametrize(
+    "name,d,L,T,H", [("small", 256, 4, 512, 4), ("base", 512, 6, 1024, 8), ("large", 1024, 12, 2048, 16)]
+)
 def test_seed_presets(name, d, L, T, H):
     cfg = get_phase2_preset(name)
     assert (cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.num_heads, cfg.head_dim) == (d, L, T, H, 64)
@@ -87,15 +137,43 @@ def test_seed_style_construction():
 
 
 # ------------------------------------------------------------------------------ every field is wired
-BASE = dict(vocab_size=50, d_model=32, n_layers=2, n_seq=64, num_heads=2, head_dim=16, ffn_dim=64, dropout=0.0,
-            chunk_size=8, gate_interval=8, base_decay=0.02)
+BASE = dict(
+    vocab_size=50,
+    d_model=32,
+    n_layers=2,
+    n_seq=64,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    dropout=0.0,
+    chunk_size=8,
+    gate_interval=8,
+    base_decay=0.02,
+)
 CHANGES = {
     "phase1_config": TransformerLMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, max_len=64),
-    "base_decay": 0.1, "adaptive_decay": False, "hebbian_eta": 0.3, "hebbian_dt": 3.0, "num_heads": 4,
-    "head_dim": 8, "snr_threshold": 0.3, "snr_gamma_boost": 4.0, "snr_eta_boost": 3.0, "resonance_enabled": False,
-    "resonance_energy_threshold": 0.02, "use_zeta_init": False, "zeta_embedding_trainable": True,
-    "vocab_size": 60, "d_model": 48, "n_layers": 3, "n_seq": 128, "ffn_dim": 96, "dropout": 0.2,
-    "tie_embeddings": False, "gate_interval": 5, "gamma_adjust_rate": 0.5,
+    "base_decay": 0.1,
+    "adaptive_decay": False,
+    "hebbian_eta": 0.3,
+    "hebbian_dt": 3.0,
+    "num_heads": 4,
+    "head_dim": 8,
+    "snr_threshold": 0.3,
+    "snr_gamma_boost": 4.0,
+    "snr_eta_boost": 3.0,
+    "resonance_enabled": False,
+    "resonance_energy_threshold": 0.02,
+    "use_zeta_init": False,
+    "zeta_embedding_trainable": True,
+    "vocab_size": 60,
+    "d_model": 48,
+    "n_layers": 3,
+    "n_seq": 128,
+    "ffn_dim": 96,
+    "dropout": 0.2,
+    "tie_embeddings": False,
+    "gate_interval": 5,
+    "gamma_adjust_rate": 0.5,
 }
 SAME_OUTPUTS = {"chunk_size": 3, "triton_block_size": 7, "use_triton_bk": False}
 METADATA = {"target_vram_gb": 1.0, "target_speedup_triton": 9.0}

@@ -23,7 +23,7 @@ def test_dataset_is_the_seeds():
         lengths.add(L)
         assert src.shape == tgt.shape == (8,)
         assert (src[:L] >= 1).all() and (src[:L] <= 10).all() and (src[L:] == 0).all()
-        assert tgt[0] == 11 and torch.equal(tgt[1:L + 1], src[:L]) and tgt[L + 1] == 12 and (tgt[L + 2:] == 0).all()
+        assert tgt[0] == 11 and torch.equal(tgt[1 : L + 1], src[:L]) and tgt[L + 1] == 12 and (tgt[L + 2 :] == 0).all()
     assert lengths == set(range(1, 7))  # variable lengths
 
 
@@ -33,8 +33,7 @@ def test_decoder_only_framing():
     x, y = lm_sequences(src, cfg)
     sep, eos = cfg.sep, cfg.eos
     assert x.tolist() == [[3, 7, sep, 3, 7, eos, 0, 0, 0], [1, 2, 3, 4, sep, 1, 2, 3, 4]]
-    assert y.tolist() == [[-100, -100, 3, 7, eos, -100, -100, -100, -100],
-                          [-100, -100, -100, -100, 1, 2, 3, 4, eos]]
+    assert y.tolist() == [[-100, -100, 3, 7, eos, -100, -100, -100, -100], [-100, -100, -100, -100, 1, 2, 3, 4, eos]]
 
 
 def test_exact_match_scores_a_perfect_copier():
@@ -58,8 +57,20 @@ def test_transformer_learns_the_copy_task():
     2,500 steps: at 1,000 (token loss ~0.03) exact match was 75-97% depending on seed and machine; at 2,500 it
     was 100% for seeds 0 and 1 (loss <= 0.001).
     """
-    cfg = CopyTaskConfig(num_symbols=10, max_len=8, d_model=64, d_ff=128, num_heads=4, num_layers=2, dropout=0.0,
-                         batch_size=64, steps=2500, warmup_steps=400, noam_factor=2.0, eval_samples=500)
+    cfg = CopyTaskConfig(
+        num_symbols=10,
+        max_len=8,
+        d_model=64,
+        d_ff=128,
+        num_heads=4,
+        num_layers=2,
+        dropout=0.0,
+        batch_size=64,
+        steps=2500,
+        warmup_steps=400,
+        noam_factor=2.0,
+        eval_samples=500,
+    )
     result = train_seq2seq_copy(cfg)
     assert result["exact_match"] >= 0.99, result
 
@@ -67,9 +78,21 @@ def test_transformer_learns_the_copy_task():
 def test_decoder_only_models_train_on_it():
     cfg = CopyTaskConfig(num_symbols=10, max_len=5, batch_size=16, steps=15, warmup_steps=10, eval_samples=20)
     torch.manual_seed(0)
-    for model in (TransformerLM(TransformerLMConfig(vocab_size=cfg.lm_vocab_size, d_model=32, n_layers=1,
-                                                    n_heads=2, ffn_dim=64, max_len=16)),
-                  create_phase2_model(vocab_size=cfg.lm_vocab_size, d_model=32, n_layers=1, n_seq=16,
-                                      num_heads=2, head_dim=16, ffn_dim=64, dropout=0.0, gate_interval=4)):
+    for model in (
+        TransformerLM(
+            TransformerLMConfig(vocab_size=cfg.lm_vocab_size, d_model=32, n_layers=1, n_heads=2, ffn_dim=64, max_len=16)
+        ),
+        create_phase2_model(
+            vocab_size=cfg.lm_vocab_size,
+            d_model=32,
+            n_layers=1,
+            n_seq=16,
+            num_heads=2,
+            head_dim=16,
+            ffn_dim=64,
+            dropout=0.0,
+            gate_interval=4,
+        ),
+    ):
         result = train_lm_copy(model, cfg)
         assert result["steps"] == 15 and 0.0 <= result["exact_match"] <= 1.0 and result["loss"] < 2.5

@@ -86,8 +86,16 @@ def test_kernels_fit():
 
 # ------------------------------------------------------------------------------- the gated memory layer
 def _layer(**kw):
-    base = dict(d_model=24, num_heads=2, head_dim=8, chunk_size=4, gate_interval=6, base_decay=0.05,
-                gamma_adjust_rate=0.2, resonance_energy_threshold=0.15)
+    base = dict(
+        d_model=24,
+        num_heads=2,
+        head_dim=8,
+        chunk_size=4,
+        gate_interval=6,
+        base_decay=0.05,
+        gamma_adjust_rate=0.2,
+        resonance_energy_threshold=0.15,
+    )
     torch.manual_seed(0)
     return HebbianMemory(Phase2Config(**{**base, **kw}).validate())
 
@@ -96,7 +104,7 @@ def _run(layer, h, gamma, splits, mode):
     layer.mode = mode
     st, pos, outs = None, 0, []
     for n in splits:
-        o, _, st, _ = layer(h[:, pos:pos + n], gamma[:, pos:pos + n], pos, st)
+        o, _, st, _ = layer(h[:, pos : pos + n], gamma[:, pos : pos + n], pos, st)
         outs.append(o)
         pos += n
     return torch.cat(outs, 1), st

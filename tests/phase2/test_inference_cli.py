@@ -16,10 +16,26 @@ from phase2.train import train
 
 
 def _train(root, model: list[str], name: str):
-    summary = train(compose("phase2", [*model, "data=file", f"data.path={root / 'text.txt'}", "seq_len=32",
-                                       "batch_size=8", "loop.max_steps=12", "loop.eval_every=12", "loop.progress=false",
-                                       "eval.max_batches=null", "logger=none", f"checkpoint.dir={root / name}",
-                                       f"paths.output_root={root / 'outputs'}", "device=cpu"]))
+    summary = train(
+        compose(
+            "phase2",
+            [
+                *model,
+                "data=file",
+                f"data.path={root / 'text.txt'}",
+                "seq_len=32",
+                "batch_size=8",
+                "loop.max_steps=12",
+                "loop.eval_every=12",
+                "loop.progress=false",
+                "eval.max_batches=null",
+                "logger=none",
+                f"checkpoint.dir={root / name}",
+                f"paths.output_root={root / 'outputs'}",
+                "device=cpu",
+            ],
+        )
+    )
     return summary, root / name / "last.pt"
 
 
@@ -49,7 +65,7 @@ def test_greedy_stream_is_deterministic_and_equals_a_full_recompute(trained):
     with torch.no_grad():
         for _ in range(12):  # re-reading the whole prefix for every token: the O(T) way the stream avoids
             ids = torch.cat([ids, lm.model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
-    assert torch.equal(streamed, ids[:, prompt.shape[1]:])
+    assert torch.equal(streamed, ids[:, prompt.shape[1] :])
 
 
 def test_text_streams_piece_by_piece_and_batches_match_single_prompts(trained):
@@ -91,8 +107,11 @@ def test_stream_stops_at_the_model_positions(trained, capsys):
 
 def test_transformer_checkpoint_generates_without_a_state(trained):
     root = trained[0]
-    _, ckpt = _train(root, ["model=transformer", "model.d_model=32", "model.n_layers=1", "model.n_heads=2",
-                            "model.ffn_dim=64"], "transformer")
+    _, ckpt = _train(
+        root,
+        ["model=transformer", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.ffn_dim=64"],
+        "transformer",
+    )
     lm = load_language_model(ckpt)
     assert not lm.streams
     out = list(generate_ids(lm, torch.tensor([[65, 66]]), Sampling(max_new_tokens=5, greedy=True)))
@@ -111,11 +130,14 @@ def test_diagnostics_write_plots_and_the_report(trained, tmp_path):
     assert len(layer["stability_metrics"]["energy"]) == 32 // report["model_config"]["gate_interval"]
 
 
-@pytest.mark.parametrize("module, args, message", [
-    ("phase2.evaluate", ["{missing}", "builtin"], "does not exist"),
-    ("phase2.generate", ["{truncated}", "--prompt", "x"], "truncated"),
-    ("phase2.diagnostics", ["{ckpt}", "--text", "{missing}"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("phase2.evaluate", ["{missing}", "builtin"], "does not exist"),
+        ("phase2.generate", ["{truncated}", "--prompt", "x"], "truncated"),
+        ("phase2.diagnostics", ["{ckpt}", "--text", "{missing}"], "does not exist"),
+    ],
+)
 def test_cli_bad_input_is_one_line_without_traceback(trained, tmp_path, module, args, message):
     root, _, ckpt = trained
     truncated = tmp_path / "cut.pt"

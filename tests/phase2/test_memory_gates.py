@@ -6,12 +6,22 @@ import torch
 from phase2.ops.memory_gates import GateParams, Gates, apply_gates, boundary_gates, gate_scan, segment_lengths
 from phase2.zeta import zeta_mode_basis
 
-P = GateParams(interval=8, eta=0.1, snr_threshold=2.0, gamma_boost=2.0, eta_boost=1.5, adjust_rate=0.2,
-               resonance_threshold=0.15, resonance=True)
+P = GateParams(
+    interval=8,
+    eta=0.1,
+    snr_threshold=2.0,
+    gamma_boost=2.0,
+    eta_boost=1.5,
+    adjust_rate=0.2,
+    resonance_threshold=0.15,
+    resonance=True,
+)
 
 
-@pytest.mark.parametrize("pos0,T,interval,want", [(0, 20, 8, [8, 8, 4]), (5, 20, 8, [3, 8, 8, 1]), (3, 2, 8, [2]),
-                                                  (8, 8, 8, [8]), (0, 0, 8, [])])
+@pytest.mark.parametrize(
+    "pos0,T,interval,want",
+    [(0, 20, 8, [8, 8, 4]), (5, 20, 8, [3, 8, 8, 1]), (3, 2, 8, [2]), (8, 8, 8, [8]), (0, 0, 8, [])],
+)
 def test_segments_end_at_boundaries(pos0, T, interval, want):
     assert segment_lengths(pos0, T, interval) == want
 
@@ -43,8 +53,16 @@ def test_resonance_marks_the_modes_that_hold_the_energy():
     assert stats["share"][0, 0, 3].item() == pytest.approx(1.0, abs=1e-5)
     assert gates.key[0, 0, 3].item() > 0.99 and gates.key[0, 0].sum().item() < 1.01
     k = modes[:, 3][None, None, None]  # a key along mode 3 is amplified by 1 + rho, others not
-    ks, _ = apply_gates(k, torch.zeros(1, 1, 1), torch.ones(1, 1, 1), torch.ones(1, 1, 1), gates.key[:, :, None],
-                        modes, torch.tensor([0.5]), P)
+    ks, _ = apply_gates(
+        k,
+        torch.zeros(1, 1, 1),
+        torch.ones(1, 1, 1),
+        torch.ones(1, 1, 1),
+        gates.key[:, :, None],
+        modes,
+        torch.tensor([0.5]),
+        P,
+    )
     assert ks.norm().item() == pytest.approx(0.1 * 1.5, rel=1e-3)
 
 
@@ -66,9 +84,18 @@ def test_lyapunov_multiplier_rises_with_energy_and_relaxes():
 
 def test_naive_scan_runs_on_cpu():
     k = torch.nn.functional.normalize(torch.randn(1, 2, 20, 16), dim=-1)
-    trace = gate_scan(k, torch.randn(1, 2, 20, 16), torch.full((1, 2, 20), 0.05), torch.zeros(1, 2, 16, 16),
-                      Gates.initial(1, 2, 16, "cpu"), zeta_mode_basis(16).float(), torch.full((2,), 0.5), P, 0,
-                      impl="torch")
+    trace = gate_scan(
+        k,
+        torch.randn(1, 2, 20, 16),
+        torch.full((1, 2, 20), 0.05),
+        torch.zeros(1, 2, 16, 16),
+        Gates.initial(1, 2, 16, "cpu"),
+        zeta_mode_basis(16).float(),
+        torch.full((2,), 0.5),
+        P,
+        0,
+        impl="torch",
+    )
     assert trace.gamma.shape == (1, 2, 3) and trace.key.shape == (1, 2, 3, 16)
     assert torch.equal(trace.gamma[..., 0], torch.ones(1, 2))  # the first boundary sees an empty memory
     assert (trace.end_energy > 0).all()

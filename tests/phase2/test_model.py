@@ -8,9 +8,22 @@ import torch
 from phase2.config import Phase2Config
 from phase2.model import Phase2State, create_phase2_model
 
-CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_seq=96, num_heads=2, head_dim=16, ffn_dim=64, dropout=0.0,
-           chunk_size=8, gate_interval=8, triton_block_size=16, base_decay=0.05, gamma_adjust_rate=0.2,
-           resonance_energy_threshold=0.08)
+CFG = dict(
+    vocab_size=64,
+    d_model=32,
+    n_layers=2,
+    n_seq=96,
+    num_heads=2,
+    head_dim=16,
+    ffn_dim=64,
+    dropout=0.0,
+    chunk_size=8,
+    gate_interval=8,
+    triton_block_size=16,
+    base_decay=0.05,
+    gamma_adjust_rate=0.2,
+    resonance_energy_threshold=0.08,
+)
 
 
 def _model(**kw):
@@ -46,7 +59,7 @@ def test_streaming_equals_parallel():
     for splits in ([1] * 45, [3, 13, 1, 20, 8]):
         state, outs, pos = None, [], 0
         for n in splits:
-            out, state = model(ids[:, pos:pos + n], state=state, return_state=True)
+            out, state = model(ids[:, pos : pos + n], state=state, return_state=True)
             outs.append(out)
             pos += n
         assert _rel(torch.cat(outs, 1), ref) < 1e-5, splits
@@ -84,8 +97,9 @@ def test_state_errors():
         model(_ids(T=90), state=state)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, adaptive_decay=False,
-                                             zeta_embedding_trainable=True, dropout=0.1)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(tie_embeddings=False, adaptive_decay=False, zeta_embedding_trainable=True, dropout=0.1)]
+)
 def test_every_parameter_gets_a_gradient(kw):
     model = _model(**kw).train()
     ids = _ids(T=33)
@@ -129,8 +143,9 @@ def test_diagnostics():
     stab = diag["stability_metrics"][0]
     assert stab["energy"].shape == (5,) and stab["dE_dt"].shape == (4,)
     assert 0 <= stab["lyapunov_stable_ratio"] <= 1 and stab["fast_weight_energy"] > 0
-    assert stab["fast_weight_energy"] == pytest.approx(model.blocks[0].fast_weight_state.square().sum((-2, -1))
-                                                       .mean().item(), rel=1e-5)
+    assert stab["fast_weight_energy"] == pytest.approx(
+        model.blocks[0].fast_weight_state.square().sum((-2, -1)).mean().item(), rel=1e-5
+    )
     out = model(ids, state=None, return_state=True, return_diagnostics=True)
     assert len(out) == 3 and isinstance(out[1], Phase2State) and isinstance(out[2], dict)
 

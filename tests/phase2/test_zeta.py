@@ -17,8 +17,14 @@ from phase2.zeta import (
 )
 
 # Published values (A. Odlyzko's tables of zeros of the Riemann zeta function), not read from our table.
-KNOWN = {1: 14.134725141734693790, 2: 21.022039638771554993, 10: 49.773832477672302182,
-         100: 236.524229665816205802, 256: 478.942181534634826538, 1000: 1419.422480945995686227}
+KNOWN = {
+    1: 14.134725141734693790,
+    2: 21.022039638771554993,
+    10: 49.773832477672302182,
+    100: 236.524229665816205802,
+    256: 478.942181534634826538,
+    1000: 1419.422480945995686227,
+}
 
 
 @pytest.mark.parametrize("n", sorted(KNOWN))
@@ -55,8 +61,9 @@ def test_derived_tables():
     assert e.mean().abs() < 1e-12 and (e.std() - 1).abs() < 1e-12
     pe = zeta_positional_table(100, 9)
     assert pe.shape == (100, 9) and pe.dtype == torch.float32 and pe.device.type == "cpu"
-    assert torch.allclose(pe[:, 2].double(), torch.sin(torch.arange(100.0, dtype=torch.float64) * KNOWN[1] / KNOWN[2]),
-                          atol=1e-6)
+    assert torch.allclose(
+        pe[:, 2].double(), torch.sin(torch.arange(100.0, dtype=torch.float64) * KNOWN[1] / KNOWN[2]), atol=1e-6
+    )
     U = zeta_mode_basis(64)
     assert torch.allclose(U.T @ U, torch.eye(64, dtype=torch.float64), atol=1e-10)
 

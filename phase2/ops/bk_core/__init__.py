@@ -40,8 +40,12 @@ def _check(x, name: str):
     return x
 
 
-_COMPLEX = {torch.float16: torch.complex64, torch.bfloat16: torch.complex64,
-            torch.float32: torch.complex64, torch.float64: torch.complex128}
+_COMPLEX = {
+    torch.float16: torch.complex64,
+    torch.bfloat16: torch.complex64,
+    torch.float32: torch.complex64,
+    torch.float64: torch.complex128,
+}
 
 
 def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto", chunk: int | None = None) -> torch.Tensor:
@@ -69,8 +73,10 @@ def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto", chunk: int | None = No
     try:
         shape = torch.broadcast_shapes(a.shape, k.shape, z.shape)
     except RuntimeError as err:
-        raise ValueError(f"bk_core: shapes a {tuple(a.shape)}, k {tuple(k.shape)}, z {tuple(z.shape)} "
-                         "do not broadcast; k and z must broadcast to (..., T)") from err
+        raise ValueError(
+            f"bk_core: shapes a {tuple(a.shape)}, k {tuple(k.shape)}, z {tuple(z.shape)} "
+            "do not broadcast; k and z must broadcast to (..., T)"
+        ) from err
     a = a.to(dtype).expand(shape)
     k = k.expand(shape)
 
@@ -82,6 +88,8 @@ def bk_core(a: torch.Tensor, k, z, *, impl: str = "auto", chunk: int | None = No
     from . import triton as tri  # imported late: CPU-only users need no Triton
 
     if not a.is_cuda and not tri.INTERPRETED:
-        raise ValueError("bk_core: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the "
-                         "first import of phase2.ops.bk_core.triton; or move the tensors to CUDA")
+        raise ValueError(
+            "bk_core: impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the "
+            "first import of phase2.ops.bk_core.triton; or move the tensors to CUDA"
+        )
     return tri.bk_core_triton(a, k, z, chunk)

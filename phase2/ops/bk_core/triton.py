@@ -79,8 +79,24 @@ def _columns(x, TT: tl.constexpr):
         e, o = _unzip(y)
         ce = _cols8(e)
         co = _cols8(o)
-        c = (ce[0], co[0], ce[1], co[1], ce[2], co[2], ce[3], co[3],
-             ce[4], co[4], ce[5], co[5], ce[6], co[6], ce[7], co[7])
+        c = (
+            ce[0],
+            co[0],
+            ce[1],
+            co[1],
+            ce[2],
+            co[2],
+            ce[3],
+            co[3],
+            ce[4],
+            co[4],
+            ce[5],
+            co[5],
+            ce[6],
+            co[6],
+            ce[7],
+            co[7],
+        )
     return c
 
 
@@ -104,8 +120,10 @@ def _rows(c, TT: tl.constexpr):
     if TT == 8:
         y = _rows8(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7])
     else:
-        y = _zip(_rows8(c[0], c[2], c[4], c[6], c[8], c[10], c[12], c[14]),
-                 _rows8(c[1], c[3], c[5], c[7], c[9], c[11], c[13], c[15]))
+        y = _zip(
+            _rows8(c[0], c[2], c[4], c[6], c[8], c[10], c[12], c[14]),
+            _rows8(c[1], c[3], c[5], c[7], c[9], c[11], c[13], c[15]),
+        )
     y = tl.permute(y, (0, 2, 1))  # (R, TT, 2)
     return tl.reshape(y, (y.shape[0], 2 * TT))
 
@@ -129,8 +147,21 @@ def _row_setup(NCH, L, NROWS, R: tl.constexpr):
 
 # ------------------------------------------------------------------------------------------------ forward
 @triton.jit
-def _fwd_kernel(a_ptr, k_ptr, z_ptr, x0_ptr, g_ptr, T, L, NCH, NROWS,
-                HAS_X0: tl.constexpr, WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr):
+def _fwd_kernel(
+    a_ptr,
+    k_ptr,
+    z_ptr,
+    x0_ptr,
+    g_ptr,
+    T,
+    L,
+    NCH,
+    NROWS,
+    HAS_X0: tl.constexpr,
+    WIDE: tl.constexpr,
+    R: tl.constexpr,
+    TT: tl.constexpr,
+):
     rows, chain, chunk, t_begin, live = _row_setup(NCH, L, NROWS, R)
     base = _chain_offset(chain, T, WIDE)  # (R,) float offset of each chain
     zr = tl.load(z_ptr + 2 * chain, mask=live, other=0.0)
@@ -169,8 +200,9 @@ def _fwd_kernel(a_ptr, k_ptr, z_ptr, x0_ptr, g_ptr, T, L, NCH, NROWS,
 
 
 @triton.jit
-def _fwd_chunk_kernel(a_ptr, k_ptr, z_ptr, map_ptr, T, L, NCH, NROWS,
-                      WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr):
+def _fwd_chunk_kernel(
+    a_ptr, k_ptr, z_ptr, map_ptr, T, L, NCH, NROWS, WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr
+):
     # each chunk's Mobius map [[p, q], [r, s]]: g_out = (p g_in + q) / (r g_in + s)
     rows, chain, chunk, t_begin, live = _row_setup(NCH, L, NROWS, R)
     live = live & (chunk < NCH - 1)  # nothing follows the last chunk
@@ -201,8 +233,16 @@ def _fwd_chunk_kernel(a_ptr, k_ptr, z_ptr, map_ptr, T, L, NCH, NROWS,
             nsr = br * sr - bi * si - (kr * qr - ki * qi)
             nsi = br * si + bi * sr - (kr * qi + ki * qr)
             # rescale so the largest entry stays O(1)
-            n = 1.0 / (tl.abs(rr) + tl.abs(ri) + tl.abs(sr) + tl.abs(si)
-                       + tl.abs(nrr) + tl.abs(nri) + tl.abs(nsr) + tl.abs(nsi))
+            n = 1.0 / (
+                tl.abs(rr)
+                + tl.abs(ri)
+                + tl.abs(sr)
+                + tl.abs(si)
+                + tl.abs(nrr)
+                + tl.abs(nri)
+                + tl.abs(nsr)
+                + tl.abs(nsi)
+            )
             pr, pi, qr, qi = rr * n, ri * n, sr * n, si * n
             rr, ri, sr, si = nrr * n, nri * n, nsr * n, nsi * n
     out = map_ptr + 8 * rows
@@ -227,8 +267,7 @@ def _mobius_combine(lpr, lpi, lqr, lqi, lrr, lri, lsr, lsi, rpr, rpi, rqr, rqi, 
     ri = rrr * lpi + rri * lpr + rsr * lri + rsi * lrr
     sr = rrr * lqr - rri * lqi + rsr * lsr - rsi * lsi
     si = rrr * lqi + rri * lqr + rsr * lsi + rsi * lsr
-    n = 1.0 / (tl.abs(pr) + tl.abs(pi) + tl.abs(qr) + tl.abs(qi)
-               + tl.abs(rr) + tl.abs(ri) + tl.abs(sr) + tl.abs(si))
+    n = 1.0 / (tl.abs(pr) + tl.abs(pi) + tl.abs(qr) + tl.abs(qi) + tl.abs(rr) + tl.abs(ri) + tl.abs(sr) + tl.abs(si))
     return pr * n, pi * n, qr * n, qi * n, rr * n, ri * n, sr * n, si * n
 
 
@@ -240,11 +279,19 @@ def _fwd_carry_kernel(map_ptr, x0_ptr, NCH, BLOCK: tl.constexpr):
     ok = j < NCH - 1
     src = map_ptr + 8 * (c * NCH + j)
     m = tl.associative_scan(
-        (tl.load(src + 0, mask=ok, other=1.0), tl.load(src + 1, mask=ok, other=0.0),
-         tl.load(src + 2, mask=ok, other=0.0), tl.load(src + 3, mask=ok, other=0.0),
-         tl.load(src + 4, mask=ok, other=0.0), tl.load(src + 5, mask=ok, other=0.0),
-         tl.load(src + 6, mask=ok, other=1.0), tl.load(src + 7, mask=ok, other=0.0)),
-        0, _mobius_combine)
+        (
+            tl.load(src + 0, mask=ok, other=1.0),
+            tl.load(src + 1, mask=ok, other=0.0),
+            tl.load(src + 2, mask=ok, other=0.0),
+            tl.load(src + 3, mask=ok, other=0.0),
+            tl.load(src + 4, mask=ok, other=0.0),
+            tl.load(src + 5, mask=ok, other=0.0),
+            tl.load(src + 6, mask=ok, other=1.0),
+            tl.load(src + 7, mask=ok, other=0.0),
+        ),
+        0,
+        _mobius_combine,
+    )
     # apply to g_in = 0: q / s
     qr, qi, sr, si = m[2], m[3], m[6], m[7]
     d = 1.0 / (sr * sr + si * si)
@@ -257,8 +304,9 @@ def _fwd_carry_kernel(map_ptr, x0_ptr, NCH, BLOCK: tl.constexpr):
 
 # ----------------------------------------------------------------------------------------------- backward
 @triton.jit
-def _bwd_chunk_kernel(g_ptr, dg_ptr, k_ptr, map_ptr, T, L, NCH, NROWS,
-                      WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr):
+def _bwd_chunk_kernel(
+    g_ptr, dg_ptr, k_ptr, map_ptr, T, L, NCH, NROWS, WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr
+):
     # each chunk's affine map mu_in -> mu_out = A mu_in + B, walking the chunk backwards
     rows, chain, chunk, t_begin, live = _row_setup(NCH, L, NROWS, R)
     live = live & (chunk > 0)  # nothing precedes the first chunk
@@ -305,8 +353,7 @@ def _bwd_chunk_kernel(g_ptr, dg_ptr, k_ptr, map_ptr, T, L, NCH, NROWS,
 @triton.jit
 def _affine_combine(lar, lai, lbr, lbi, rar, rai, rbr, rbi):
     # earlier map l, later map r: x -> r(l(x)) = (rA lA) x + (rA lB + rB)
-    return (rar * lar - rai * lai, rar * lai + rai * lar,
-            rar * lbr - rai * lbi + rbr, rar * lbi + rai * lbr + rbi)
+    return (rar * lar - rai * lai, rar * lai + rai * lar, rar * lbr - rai * lbi + rbr, rar * lbi + rai * lbr + rbi)
 
 
 @triton.jit
@@ -318,9 +365,15 @@ def _bwd_carry_kernel(map_ptr, mu0_ptr, NCH, BLOCK: tl.constexpr):
     chunk = NCH - 1 - i  # scan order: chunk NCH-1 first
     src = map_ptr + 4 * (c * NCH + chunk)
     m = tl.associative_scan(
-        (tl.load(src + 0, mask=ok, other=1.0), tl.load(src + 1, mask=ok, other=0.0),
-         tl.load(src + 2, mask=ok, other=0.0), tl.load(src + 3, mask=ok, other=0.0)),
-        0, _affine_combine)
+        (
+            tl.load(src + 0, mask=ok, other=1.0),
+            tl.load(src + 1, mask=ok, other=0.0),
+            tl.load(src + 2, mask=ok, other=0.0),
+            tl.load(src + 3, mask=ok, other=0.0),
+        ),
+        0,
+        _affine_combine,
+    )
     # applied to mu = 0 past the end: mu at the start of `chunk`, which enters chunk - 1
     dst = mu0_ptr + 2 * (c * NCH + chunk - 1)
     tl.store(dst, m[2], mask=ok)
@@ -330,8 +383,23 @@ def _bwd_carry_kernel(map_ptr, mu0_ptr, NCH, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _bwd_kernel(g_ptr, dg_ptr, k_ptr, mu0_ptr, da_ptr, dk_ptr, dz_ptr, T, L, NCH, NROWS,
-                HAS_MU0: tl.constexpr, WIDE: tl.constexpr, R: tl.constexpr, TT: tl.constexpr):
+def _bwd_kernel(
+    g_ptr,
+    dg_ptr,
+    k_ptr,
+    mu0_ptr,
+    da_ptr,
+    dk_ptr,
+    dz_ptr,
+    T,
+    L,
+    NCH,
+    NROWS,
+    HAS_MU0: tl.constexpr,
+    WIDE: tl.constexpr,
+    R: tl.constexpr,
+    TT: tl.constexpr,
+):
     rows, chain, chunk, t_begin, live = _row_setup(NCH, L, NROWS, R)
     base = _chain_offset(chain, T, WIDE)
     t_end = t_begin + L
@@ -421,8 +489,9 @@ def _fwd(a, k, z, cfg: BKCoreTritonConfig = CONFIG):
         _fwd_chunk_kernel[grid](ar, kr, zr, maps, T, L, NCH, nrows, WIDE=wide, R=R, TT=TT, num_warps=W)
         x0 = torch.empty(nrows, 2, dtype=ar.dtype, device=a.device)
         _fwd_carry_kernel[(C,)](maps, x0, NCH, BLOCK=triton.next_power_of_2(NCH), num_warps=4)
-    _fwd_kernel[grid](ar, kr, zr, x0, torch.view_as_real(g), T, L, NCH, nrows,
-                      HAS_X0=NCH > 1, WIDE=wide, R=R, TT=TT, num_warps=W)
+    _fwd_kernel[grid](
+        ar, kr, zr, x0, torch.view_as_real(g), T, L, NCH, nrows, HAS_X0=NCH > 1, WIDE=wide, R=R, TT=TT, num_warps=W
+    )
     return g
 
 
@@ -444,8 +513,24 @@ def _bwd(g, dg, k, cfg: BKCoreTritonConfig = CONFIG):
         _bwd_chunk_kernel[grid](gr, dgr, kr, maps, T, L, NCH, nrows, WIDE=wide, R=R, TT=TT, num_warps=W)
         mu0 = torch.empty(nrows, 2, dtype=gr.dtype, device=g.device)
         _bwd_carry_kernel[(C,)](maps, mu0, NCH, BLOCK=triton.next_power_of_2(NCH), num_warps=4)
-    _bwd_kernel[grid](gr, dgr, kr, mu0, torch.view_as_real(da), torch.view_as_real(dk), dz,
-                      T, L, NCH, nrows, HAS_MU0=NCH > 1, WIDE=wide, R=R, TT=TT, num_warps=W)
+    _bwd_kernel[grid](
+        gr,
+        dgr,
+        kr,
+        mu0,
+        torch.view_as_real(da),
+        torch.view_as_real(dk),
+        dz,
+        T,
+        L,
+        NCH,
+        nrows,
+        HAS_MU0=NCH > 1,
+        WIDE=wide,
+        R=R,
+        TT=TT,
+        num_warps=W,
+    )
     dz = torch.view_as_complex(dz).view(C, NCH).sum(1)
     return da, dk, dz
 

@@ -29,8 +29,16 @@ from .naive import hebbian_recurrent
 __all__ = ["hebbian_memory", "hebbian_chunked", "hebbian_recurrent", "kernels_fit"]
 
 
-def hebbian_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, initial_state=None,
-                   chunk_size: int = 64, mode: str = "chunk", impl: str = "auto"):
+def hebbian_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    initial_state=None,
+    chunk_size: int = 64,
+    mode: str = "chunk",
+    impl: str = "auto",
+):
     """See the module docstring."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"hebbian_memory: q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, H, T, K)")
@@ -40,8 +48,10 @@ def hebbian_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
         raise ValueError(f"hebbian_memory: g {tuple(g.shape)} must be (B, H, T) = {tuple(q.shape[:3])}")
     B, H, _, K = q.shape
     if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(f"hebbian_memory: initial_state {tuple(initial_state.shape)} must be "
-                         f"(B, H, K, V) = {(B, H, K, v.shape[-1])}")
+        raise ValueError(
+            f"hebbian_memory: initial_state {tuple(initial_state.shape)} must be "
+            f"(B, H, K, V) = {(B, H, K, v.shape[-1])}"
+        )
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"hebbian_memory: chunk_size={chunk_size!r} must be a positive integer")
     if mode == "chunk":

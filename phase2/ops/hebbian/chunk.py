@@ -55,8 +55,11 @@ def kernels_fit(q, v, C: int) -> bool:
     """Whether the Triton kernels take these shapes and dtypes (tl.dot tiles: powers of two in 16..128)."""
     pow2 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731  (tl.dot tiles)
     K, V = q.shape[-1], v.shape[-1]
-    return q.dtype in (torch.float32, torch.bfloat16, torch.float16) and all(pow2(n) and n <= 128 for n in (C, K, V)) \
+    return (
+        q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and all(pow2(n) and n <= 128 for n in (C, K, V))
         and q.shape[0] * q.shape[1] <= MAX_ROWS
+    )
 
 
 def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: str = "auto"):
@@ -77,11 +80,14 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
         S = q.new_zeros(B, H, K, Vd, dtype=acc) if initial_state is None else initial_state.to(acc)
         return q.new_zeros(B, H, 0, Vd), S
     if impl == "triton" and not kernels_fit(q, v, C):
-        raise ValueError(f"hebbian_chunked: impl='triton' takes chunk_size, K and V powers of two in 16..128, "
-                         f"float32/bfloat16/float16 and batch x heads <= {MAX_ROWS}; got chunk_size={C}, K={K}, "
-                         f"V={Vd}, {q.dtype}, {B * H} rows (use impl='auto')")
-    if impl == "triton" or (impl == "auto" and kernels_fit(q, v, C) and
-                            (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")):
+        raise ValueError(
+            f"hebbian_chunked: impl='triton' takes chunk_size, K and V powers of two in 16..128, "
+            f"float32/bfloat16/float16 and batch x heads <= {MAX_ROWS}; got chunk_size={C}, K={K}, "
+            f"V={Vd}, {q.dtype}, {B * H} rows (use impl='auto')"
+        )
+    if impl == "triton" or (
+        impl == "auto" and kernels_fit(q, v, C) and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    ):
         from .triton import hebbian_chunked_triton  # late: CPU-only users need no Triton
 
         return hebbian_chunked_triton(q, k, v, g, initial_state, C)

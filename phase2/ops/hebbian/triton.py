@@ -48,9 +48,24 @@ def _decay(b, C: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
-def _scan_kernel(x_ptr, y_ptr, b_ptr, h_ptr, init_ptr, last_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
-                 STORE_LAST: tl.constexpr, PREC: tl.constexpr):
+def _scan_kernel(
+    x_ptr,
+    y_ptr,
+    b_ptr,
+    h_ptr,
+    init_ptr,
+    last_ptr,
+    T,
+    NC,
+    C: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BV: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_LAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     # forward (the h scan):  x = k, y = v,  S(c+1) = e^{L} S(c) + (k e^{L - b})^T v,  h[c] = S(c)
     # REVERSE (the dh scan): x = q, y = do, dS(c) = e^{L} dS(c+1) + (q e^{b})^T do,  h[c] = dS(c+1)
     i_v, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -77,8 +92,21 @@ def _scan_kernel(x_ptr, y_ptr, b_ptr, h_ptr, init_ptr, last_ptr, T, NC, C: tl.co
 
 
 @triton.jit
-def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, K: tl.constexpr,
-              V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+def _o_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    b_ptr,
+    h_ptr,
+    o_ptr,
+    T,
+    NC,
+    C: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
     c, i_v, n = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rc, rk = tl.arange(0, C), tl.arange(0, K)
     rv = i_v * BV + tl.arange(0, BV)
@@ -97,8 +125,25 @@ def _o_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, o_ptr, T, NC, C: tl.constexpr, 
 
 
 @triton.jit
-def _grads_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, do_ptr, dh_ptr, dq_ptr, dk_ptr, dv_ptr, dG_ptr, T, NC,
-                  C: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
+def _grads_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    b_ptr,
+    h_ptr,
+    do_ptr,
+    dh_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dG_ptr,
+    T,
+    NC,
+    C: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    PREC: tl.constexpr,
+):
     c, n = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rc, rk, rv = tl.arange(0, C), tl.arange(0, K), tl.arange(0, V)
     t = c * C + rc
@@ -124,8 +169,10 @@ def _grads_kernel(q_ptr, k_ptr, v_ptr, b_ptr, h_ptr, do_ptr, dh_ptr, dq_ptr, dk_
     dA = tl.dot(do, tl.trans(v), input_precision=PREC) * _decay(b, C, False)  # (C, C): (do v^T) * D
     dq = tl.dot(dA.to(k.dtype), k, input_precision=PREC) + tl.dot(do, tl.trans(S), input_precision=PREC) * eb[:, None]
     dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * Dt  # ((do v^T) * D)^T as its own product
-    dk = tl.dot(dAt.to(q.dtype), q, input_precision=PREC) + \
-        tl.dot(v, tl.trans(dS), input_precision=PREC) * to_end[:, None]
+    dk = (
+        tl.dot(dAt.to(q.dtype), q, input_precision=PREC)
+        + tl.dot(v, tl.trans(dS), input_precision=PREC) * to_end[:, None]
+    )
     dG = tl.sum(q.to(tl.float32) * dq, axis=1) - tl.sum(k.to(tl.float32) * dk, axis=1)
     tl.store(dq_ptr + ck, dq.to(dq_ptr.dtype.element_ty), mask=inside[:, None])
     tl.store(dk_ptr + ck, dk.to(dk_ptr.dtype.element_ty), mask=inside[:, None])
@@ -156,8 +203,25 @@ def _forward(q, k, v, b, S0, C: int):
     h = q.new_empty(N, NC, K, V)  # states entering each chunk, in the products' dtype
     S_T = torch.empty(N, K, V, device=q.device, dtype=torch.float32)
     BV = _scan_block(N, V, q.device)
-    _scan_kernel[(V // BV, N)](k, v, b, h, S0 if S0 is not None else S_T, S_T, T, NC, C=C, K=K, V=V, BV=BV,
-                               REVERSE=False, HAS_INIT=S0 is not None, STORE_LAST=True, PREC=_prec(q), num_warps=4)
+    _scan_kernel[(V // BV, N)](
+        k,
+        v,
+        b,
+        h,
+        S0 if S0 is not None else S_T,
+        S_T,
+        T,
+        NC,
+        C=C,
+        K=K,
+        V=V,
+        BV=BV,
+        REVERSE=False,
+        HAS_INIT=S0 is not None,
+        STORE_LAST=True,
+        PREC=_prec(q),
+        num_warps=4,
+    )
     o = torch.empty_like(v)
     BVo = min(V, 64)
     _o_kernel[(NC, V // BVo, N)](q, k, v, b, h, o, T, NC, C=C, K=K, V=V, BV=BVo, PREC=_prec(q), num_warps=4)
@@ -173,9 +237,25 @@ def _backward(q, k, v, b, h, do, dS_T, has_S0: bool, C: int):
     dS_0 = torch.empty(N, K, V, device=q.device, dtype=torch.float32) if has_S0 else None
     BV = _scan_block(N, V, q.device)
     anything = dS_0 if dS_0 is not None else dh  # a valid pointer where the kernel reads or writes nothing
-    _scan_kernel[(V // BV, N)](q, do, b, dh, dS_T if dS_T is not None else anything, anything, T, NC, C=C, K=K, V=V,
-                               BV=BV, REVERSE=True, HAS_INIT=dS_T is not None, STORE_LAST=has_S0, PREC=_prec(q),
-                               num_warps=4)
+    _scan_kernel[(V // BV, N)](
+        q,
+        do,
+        b,
+        dh,
+        dS_T if dS_T is not None else anything,
+        anything,
+        T,
+        NC,
+        C=C,
+        K=K,
+        V=V,
+        BV=BV,
+        REVERSE=True,
+        HAS_INIT=dS_T is not None,
+        STORE_LAST=has_S0,
+        PREC=_prec(q),
+        num_warps=4,
+    )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dG = torch.empty(N, T, device=q.device, dtype=torch.float32)
     _grads_kernel[(NC, N)](q, k, v, b, h, do, dh, dq, dk, dv, dG, T, NC, C=C, K=K, V=V, PREC=_prec(q), num_warps=8)

@@ -34,8 +34,19 @@ from .naive import (
     trace_of,
 )
 
-__all__ = ["GateParams", "Gates", "GateTrace", "apply_gates", "boundary_gates", "gate_scan", "gate_scan_naive",
-           "hold", "kernel_available", "segment_lengths", "trace_of"]
+__all__ = [
+    "GateParams",
+    "Gates",
+    "GateTrace",
+    "apply_gates",
+    "boundary_gates",
+    "gate_scan",
+    "gate_scan_naive",
+    "hold",
+    "kernel_available",
+    "segment_lengths",
+    "trace_of",
+]
 
 
 def kernel_available(k, v) -> bool:
@@ -55,8 +66,10 @@ def gate_scan(k, v, gamma, S0, gates: Gates, modes, rho, params: GateParams, pos
         from .triton import fits, gate_scan_triton
 
         if not fits(k.shape[-1], v.shape[-1]):
-            raise ValueError(f"gate_scan: impl='triton' takes K and V powers of two in 16..128, got K={k.shape[-1]}, "
-                             f"V={v.shape[-1]} (use impl='auto')")
+            raise ValueError(
+                f"gate_scan: impl='triton' takes K and V powers of two in 16..128, got K={k.shape[-1]}, "
+                f"V={v.shape[-1]} (use impl='auto')"
+            )
 
         return gate_scan_triton(k, v, gamma, S0, gates, modes, rho, params, pos0)
     return gate_scan_naive(k, v, gamma, S0, gates, modes, rho, params, pos0)

@@ -128,8 +128,16 @@ def gate_scan_naive(k, v, gamma, S0, gates: Gates, modes, rho, p: GateParams, po
         if j > 0 or opens:
             gates, stats = boundary_gates(S, gates, modes, p)
         sl = slice(t0, t0 + n)
-        ks, g = apply_gates(k[:, :, sl].float(), gamma[:, :, sl].float(), hold(gates.gamma, n), hold(gates.eta, n),
-                            hold(gates.key, n), modes, rho, p)
+        ks, g = apply_gates(
+            k[:, :, sl].float(),
+            gamma[:, :, sl].float(),
+            hold(gates.gamma, n),
+            hold(gates.eta, n),
+            hold(gates.key, n),
+            modes,
+            rho,
+            p,
+        )
         _, S = hebbian_memory(ks, ks, v[:, :, sl].float(), g, S, chunk_size=64, mode="chunk", impl="torch")
         rows.append((gates, stats, S.square().sum((-2, -1))))
         t0 += n
@@ -147,8 +155,14 @@ def trace_of(rows, final: Gates, opens: bool, K: int) -> GateTrace:
     def pick(key, fill):
         return [r[1][key] if r[1] else fill for r in rows]
 
-    return GateTrace(gamma=stack([r[0].gamma for r in rows]), eta=stack([r[0].eta for r in rows]),
-                     key=stack([r[0].key for r in rows], (K,)), snr=stack(pick("snr", nan)),
-                     energy=stack(pick("energy", nan)),
-                     share=stack(pick("share", nan[..., None].expand(B, H, K)), (K,)),
-                     end_energy=stack([r[2] for r in rows]), final=final, opens_at_boundary=opens)
+    return GateTrace(
+        gamma=stack([r[0].gamma for r in rows]),
+        eta=stack([r[0].eta for r in rows]),
+        key=stack([r[0].key for r in rows], (K,)),
+        snr=stack(pick("snr", nan)),
+        energy=stack(pick("energy", nan)),
+        share=stack(pick("share", nan[..., None].expand(B, H, K)), (K,)),
+        end_energy=stack([r[2] for r in rows]),
+        final=final,
+        opens_at_boundary=opens,
+    )

@@ -46,11 +46,46 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _gate_scan_kernel(k_ptr, v_ptr, gam_ptr, s0_ptr, gg0_ptr, ge0_ptr, gk0_ptr, ly0_ptr, le0_ptr, rho_ptr,
-                      seg_g_ptr, seg_e_ptr, seg_k_ptr, snr_ptr, en_ptr, share_ptr, end_ptr, ly_ptr, le_ptr,
-                      T, NS, first_len, interval, j_first, u0, eta, thr, gamma_boost, eta_boost, rate, res_thr,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, RESONANCE: tl.constexpr,
-                      ITERS: tl.constexpr, TINY_: tl.constexpr, PREC: tl.constexpr):
+def _gate_scan_kernel(
+    k_ptr,
+    v_ptr,
+    gam_ptr,
+    s0_ptr,
+    gg0_ptr,
+    ge0_ptr,
+    gk0_ptr,
+    ly0_ptr,
+    le0_ptr,
+    rho_ptr,
+    seg_g_ptr,
+    seg_e_ptr,
+    seg_k_ptr,
+    snr_ptr,
+    en_ptr,
+    share_ptr,
+    end_ptr,
+    ly_ptr,
+    le_ptr,
+    T,
+    NS,
+    first_len,
+    interval,
+    j_first,
+    u0,
+    eta,
+    thr,
+    gamma_boost,
+    eta_boost,
+    rate,
+    res_thr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    RESONANCE: tl.constexpr,
+    ITERS: tl.constexpr,
+    TINY_: tl.constexpr,
+    PREC: tl.constexpr,
+):
     n = tl.program_id(0).to(tl.int64)
     rk, rv, rt = tl.arange(0, K), tl.arange(0, V), tl.arange(0, BT)
     S = tl.load(s0_ptr + n * K * V + rk[:, None] * V + rv[None, :])  # (K, V) float32, mode basis
@@ -109,8 +144,9 @@ def fits(K: int, V: int) -> bool:
     return pow2(K) and pow2(V) and K <= 128 and V <= 128
 
 
-def gate_scan_triton(k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, precision: str | None = None,
-                     num_warps: int | None = None) -> GateTrace:
+def gate_scan_triton(
+    k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, precision: str | None = None, num_warps: int | None = None
+) -> GateTrace:
     """Same contract as naive.gate_scan_naive; the kernel variant from CONFIG unless given."""
     precision = CONFIG.precision if precision is None else precision
     num_warps = CONFIG.num_warps if num_warps is None else num_warps
@@ -124,9 +160,15 @@ def gate_scan_triton(k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, pr
     f32 = dict(device=dev, dtype=torch.float32)
     rows = lambda x, *shape: x.float().reshape(N, *shape).contiguous()  # noqa: E731
     rho_rows = (rho.float() if rho is not None else torch.zeros(H, **f32)).expand(B, H).reshape(N).contiguous()
-    out = dict(gamma=torch.empty(N, NS, **f32), eta=torch.empty(N, NS, **f32), key=torch.empty(N, NS, K, **f32),
-               snr=torch.full((N, NS), float("nan"), **f32), energy=torch.full((N, NS), float("nan"), **f32),
-               share=torch.full((N, NS, K), float("nan"), **f32), end_energy=torch.empty(N, NS, **f32))
+    out = dict(
+        gamma=torch.empty(N, NS, **f32),
+        eta=torch.empty(N, NS, **f32),
+        key=torch.empty(N, NS, K, **f32),
+        snr=torch.full((N, NS), float("nan"), **f32),
+        energy=torch.full((N, NS), float("nan"), **f32),
+        share=torch.full((N, NS, K), float("nan"), **f32),
+        end_energy=torch.empty(N, NS, **f32),
+    )
     lyapunov, last_energy = torch.empty(N, **f32), torch.empty(N, **f32)
     BT = min(64, max(16, triton.next_power_of_2(p.interval)))
     if NS:
@@ -134,18 +176,55 @@ def gate_scan_triton(k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, pr
         k_modes = (k.float() @ U).reshape(N, T, K)  # keys in the mode basis, every token at once
         S0_modes = U.T @ S0.float()  # (B, H, K, V)
         _gate_scan_kernel[(N,)](
-            k_modes, v.reshape(N, T, V).contiguous(), rows(gamma, T), rows(S0_modes, K, V),
-            rows(gates.gamma), rows(gates.eta), rows(gates.key, K), rows(gates.lyapunov), rows(gates.last_energy),
-            rho_rows, out["gamma"], out["eta"], out["key"], out["snr"], out["energy"],
-            out["share"], out["end_energy"], lyapunov, last_energy,
-            T, NS, lengths[0], p.interval, 0 if opens else 1, V ** -0.5, p.eta, p.snr_threshold, p.gamma_boost,
-            p.eta_boost, p.adjust_rate, p.resonance_threshold, K=K, V=V, BT=BT,
-            RESONANCE=p.resonance, ITERS=POWER_ITERATIONS, TINY_=TINY, PREC=precision,
-            num_warps=num_warps)
+            k_modes,
+            v.reshape(N, T, V).contiguous(),
+            rows(gamma, T),
+            rows(S0_modes, K, V),
+            rows(gates.gamma),
+            rows(gates.eta),
+            rows(gates.key, K),
+            rows(gates.lyapunov),
+            rows(gates.last_energy),
+            rho_rows,
+            out["gamma"],
+            out["eta"],
+            out["key"],
+            out["snr"],
+            out["energy"],
+            out["share"],
+            out["end_energy"],
+            lyapunov,
+            last_energy,
+            T,
+            NS,
+            lengths[0],
+            p.interval,
+            0 if opens else 1,
+            V**-0.5,
+            p.eta,
+            p.snr_threshold,
+            p.gamma_boost,
+            p.eta_boost,
+            p.adjust_rate,
+            p.resonance_threshold,
+            K=K,
+            V=V,
+            BT=BT,
+            RESONANCE=p.resonance,
+            ITERS=POWER_ITERATIONS,
+            TINY_=TINY,
+            PREC=precision,
+            num_warps=num_warps,
+        )
     else:
         lyapunov, last_energy = rows(gates.lyapunov), rows(gates.last_energy)
     shaped = {name: x.view(B, H, *x.shape[1:]) for name, x in out.items()}
     final_key = shaped["key"][:, :, -1] if NS else gates.key
-    final = Gates(shaped["gamma"][..., -1] if NS else gates.gamma, shaped["eta"][..., -1] if NS else gates.eta,
-                  final_key, lyapunov.view(B, H), last_energy.view(B, H))
+    final = Gates(
+        shaped["gamma"][..., -1] if NS else gates.gamma,
+        shaped["eta"][..., -1] if NS else gates.eta,
+        final_key,
+        lyapunov.view(B, H),
+        last_energy.view(B, H),
+    )
     return GateTrace(**shaped, final=final, opens_at_boundary=opens)
