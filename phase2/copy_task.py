@@ -72,16 +72,21 @@ class CopyTaskConfig:
 
 
 class CopyTaskDataset(Dataset):
-    """The seed's dataset: (src [max_len + 2], tgt [max_len + 2]) pairs, tgt = <sos> seq <eos>, 0-padded."""
+    """(src [max_len + 2], tgt [max_len + 2]) pairs, tgt = <sos> seq <eos>, 0-padded.
 
-    def __init__(self, num_samples: int, max_len: int, vocab_size: int, seed: int = 0):
+    `exclude`: strings (as tuples of symbols) never drawn; a draw that hits one is drawn again, length too."""
+
+    def __init__(self, num_samples: int, max_len: int, vocab_size: int, seed: int = 0, exclude=frozenset()):
         self.num_samples, self.max_len, self.vocab_size = num_samples, max_len, vocab_size
         gen = torch.Generator().manual_seed(seed)
-        self.data = [self._sample(gen) for _ in range(num_samples)]
+        self.data = [self._sample(gen, exclude) for _ in range(num_samples)]
 
-    def _sample(self, gen):
-        seq_len = int(torch.randint(1, self.max_len + 1, (), generator=gen))
-        seq = torch.randint(1, self.vocab_size, (seq_len,), generator=gen)
+    def _sample(self, gen, exclude):
+        while True:
+            seq_len = int(torch.randint(1, self.max_len + 1, (), generator=gen))
+            seq = torch.randint(1, self.vocab_size, (seq_len,), generator=gen)
+            if tuple(seq.tolist()) not in exclude:
+                break
         src = torch.zeros(self.max_len + 2, dtype=torch.long)
         src[:seq_len] = seq
         tgt = torch.zeros(self.max_len + 2, dtype=torch.long)
@@ -100,19 +105,40 @@ def collate_fn(batch):
     return torch.stack(src), torch.stack(tgt)
 
 
+# The evaluation strings come from their own generator stream, far from the training streams (seed + 1 + step),
+# and training never draws one of them: with short strings many would otherwise recur in training by chance.
+EVAL_STREAM = 1 << 40
+
+
+def eval_set(cfg: CopyTaskConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out (src, tgt) strings every model is scored on."""
+    return collate_fn(CopyTaskDataset(cfg.eval_samples, cfg.max_len, cfg.vocab_size, seed=EVAL_STREAM + cfg.seed).data)
+
+
+def held_out_strings(cfg: CopyTaskConfig) -> frozenset[tuple[int, ...]]:
+    src, _ = eval_set(cfg)
+    return frozenset(tuple(row[row != PAD].tolist()) for row in src)
+
+
+def training_batch(cfg: CopyTaskConfig, stream: int, exclude: frozenset) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of fresh strings from generator stream `stream`, none of them in `exclude`."""
+    return collate_fn(CopyTaskDataset(cfg.batch_size, cfg.max_len, cfg.vocab_size, seed=stream, exclude=exclude).data)
+
+
 def _batches(cfg: CopyTaskConfig, gen_seed: int):
-    """Endless (src, tgt) batches: epochs over a fixed set (num_train > 0) or fresh samples."""
-    rng = random.Random(gen_seed)
+    """Endless (src, tgt) training batches, free of evaluation strings: epochs over a fixed set (num_train > 0)
+    or fresh samples."""
+    rng, exclude = random.Random(gen_seed), held_out_strings(cfg)
     if cfg.num_train:
-        data = CopyTaskDataset(cfg.num_train, cfg.max_len, cfg.vocab_size, seed=gen_seed)
+        data = CopyTaskDataset(cfg.num_train, cfg.max_len, cfg.vocab_size, seed=gen_seed, exclude=exclude)
         while True:
             order = list(range(len(data)))
             rng.shuffle(order)
-            for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # drop_last, as the seed
+            for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # drop_last, as the original
                 yield collate_fn([data[j] for j in order[i : i + cfg.batch_size]])
     step = 0
     while True:
-        yield collate_fn(CopyTaskDataset(cfg.batch_size, cfg.max_len, cfg.vocab_size, seed=gen_seed + step).data)
+        yield training_batch(cfg, gen_seed + step, exclude)
         step += 1
 
 
@@ -146,10 +172,6 @@ def _train(model, cfg, d_model, loss_fn, device, score):
     return tail, steps, time.perf_counter() - start, curve
 
 
-def _eval_set(cfg: CopyTaskConfig):
-    return collate_fn(CopyTaskDataset(cfg.eval_samples, cfg.max_len, cfg.vocab_size, seed=10_000 + cfg.seed).data)
-
-
 # ------------------------------------------------------------------------------------ encoder-decoder
 def build_seq2seq(cfg: CopyTaskConfig) -> Transformer:
     """Seed 002's model and Xavier initialisation for this task's vocabulary."""
@@ -172,7 +194,7 @@ def build_seq2seq(cfg: CopyTaskConfig) -> Transformer:
 
 @torch.no_grad()
 def seq2seq_exact_match(model: Transformer, cfg: CopyTaskConfig, device="cpu") -> float:
-    src, tgt = (t.to(device) for t in _eval_set(cfg))
+    src, tgt = (t.to(device) for t in eval_set(cfg))
     ys = greedy_decode(model, src, create_padding_mask(src, PAD), cfg.max_len + 1, cfg.sos, cfg.eos)
     width = max(ys.size(1), tgt.size(1))
     ys, tgt = F.pad(ys, (0, width - ys.size(1))), F.pad(tgt, (0, width - tgt.size(1)))
@@ -228,7 +250,7 @@ def lm_sequences(src: torch.Tensor, cfg: CopyTaskConfig):
 def lm_exact_match(model: nn.Module, cfg: CopyTaskConfig, device="cpu") -> float:
     """Greedy generation from `src <sep>` for every length; exact match of copy + <eos>."""
     model.eval()
-    src, _ = _eval_set(cfg)
+    src, _ = eval_set(cfg)
     lengths = (src != PAD).sum(1)
     correct = 0
     for L in lengths.unique().tolist():

@@ -7,12 +7,18 @@ from phase2.baseline import TransformerLM, TransformerLMConfig
 from phase2.copy_task import (
     CopyTaskConfig,
     CopyTaskDataset,
+    _batches,
+    held_out_strings,
     lm_exact_match,
     lm_sequences,
     train_lm_copy,
     train_seq2seq_copy,
 )
 from phase2.model import create_phase2_model
+
+
+def _strings(src: torch.Tensor) -> set[tuple[int, ...]]:
+    return {tuple(row[row != 0].tolist()) for row in src}
 
 
 def test_dataset_is_the_seeds():
@@ -96,3 +102,17 @@ def test_decoder_only_models_train_on_it():
     ):
         result = train_lm_copy(model, cfg)
         assert result["steps"] == 15 and 0.0 <= result["exact_match"] <= 1.0 and result["loss"] < 2.5
+
+
+@pytest.mark.parametrize("num_train", [0, 1000])
+def test_no_evaluation_string_is_ever_trained_on(num_train):
+    """Digits, lengths 1..10: 300 training batches (fresh strings, or epochs over a fixed set) hold none of the
+    500 evaluation strings; the same streams without the exclusion do hold some (the short strings recur)."""
+    cfg = CopyTaskConfig(num_symbols=10, max_len=10, batch_size=32, eval_samples=500, num_train=num_train)
+    held_out = held_out_strings(cfg)
+    assert len(held_out) > 300 and max(map(len, held_out)) == 10
+    batches = _batches(cfg, cfg.seed + 1)
+    seen = set().union(*(_strings(next(batches)[0]) for _ in range(300)))
+    assert len(seen) > 900 and not seen & held_out
+    unfiltered = CopyTaskDataset(300 * 32, cfg.max_len, cfg.vocab_size, seed=cfg.seed + 1)
+    assert _strings(torch.stack([src for src, _ in unfiltered])) & held_out
