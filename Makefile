@@ -94,7 +94,7 @@ mlflow-ui: $(STAMP) ## Serve the MLflow store (HOST=127.0.0.1 PORT=5000)
 BACKEND ?=
 PG_PORT ?= 5433
 mlflow-server: $(STAMP) ## MLflow server on PostgreSQL (BACKEND=postgresql://..., HOST=, PORT=; artifacts in mlartifacts/)
-	@backend="$(BACKEND)"; [ -n "$$backend" ] || backend=$$($(PY) -m sweeps.postgres start --dir .pgdata \
+	@backend="$(BACKEND)"; [ -n "$$backend" ] || backend=$$($(PY) -m common.postgres start --dir .pgdata \
 	  --port $(PG_PORT) --database mlflow) || exit 1; echo "backend store: $$backend"; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --backend-store-uri "$$backend" \
 	  --artifacts-destination "$(CURDIR)/mlartifacts" --serve-artifacts --host $(HOST) --port $(PORT)

@@ -14,7 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import REPO_ROOT
+
 CONFIG_DIR = REPO_ROOT / "experiments"
 
 

@@ -1,4 +1,5 @@
-"""Experiment tracking behind one small `Logger` protocol. The only module that imports mlflow.
+"""Experiment tracking behind one small `Logger` protocol, and `Store` for reading and annotating runs
+afterwards (sweeps, reports). The only module that imports mlflow.
 
 Measured costs on a SQLite store shape this module: one `log_metric` call costs 15-23 ms while `log_batch` of
 1,000 metrics costs 0.1 s, so metrics are buffered and flushed in batches; `import mlflow` takes seconds, so
@@ -24,7 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import REPO_ROOT
+
 # A run that cannot reach its store keeps this many metric points before dropping the oldest.
 MAX_BUFFERED_METRICS = 200_000
 
@@ -299,3 +301,50 @@ def create_logger(cfg: Mapping[str, Any] | None, run_id: str | None = None, is_m
         flush_every=cfg.get("flush_every", 1000),
         flush_seconds=cfg.get("flush_seconds", 30.0),
     )
+
+
+class Store:
+    """The runs already in a store, for code that reads or annotates them after training: the sweep's parent
+    run and trial tags, reports. Training itself logs through `create_logger`."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(self.tracking_uri)
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.client.search_experiments()]
+
+    def run_ids(self, experiment: str, filter_string: str = "") -> list[str]:
+        ids = [e.experiment_id for e in self.client.search_experiments() if e.name == experiment]
+        return [r.info.run_id for r in self.client.search_runs(ids, filter_string=filter_string)] if ids else []
+
+    def runs_frame(self, experiments: list[str], filter_string: str = ""):
+        """One row per run (params., metrics., tags. columns) as pandas, like mlflow.search_runs."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.search_runs(experiment_names=experiments, filter_string=filter_string)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every point of one metric, in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """RUNNING reopens a run; FINISHED, FAILED or KILLED ends it."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status=status)

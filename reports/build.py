@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.tracking import REPO_ROOT, default_tracking_uri
+from common import REPO_ROOT
+from common.tracking import Store, default_tracking_uri
 
 OUT_ROOT = REPO_ROOT / "reports" / "out"
 
@@ -102,31 +103,25 @@ def _html(title: str, blocks: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------------ data
 def load_runs(experiment: str | None = None, study: str | None = None) -> pd.DataFrame:
-    """All runs (or one experiment's, or one study's trials) as a DataFrame from mlflow.search_runs."""
-    import mlflow
-
-    mlflow.set_tracking_uri(default_tracking_uri())
-    names = [e.name for e in mlflow.search_experiments()]
+    """All runs (or one experiment's, or one study's trials) as a DataFrame, one row per run."""
+    store = Store()
+    names = store.experiment_names()
     if experiment:
         if experiment not in names:
             return pd.DataFrame()
         names = [experiment]
     if not names:
         return pd.DataFrame()
-    filt = f"tags.optuna_study = '{study}'" if study else ""
-    runs = mlflow.search_runs(experiment_names=names, filter_string=filt)
+    runs = store.runs_frame(names, f"tags.optuna_study = '{study}'" if study else "")
     if study:
-        parent_filter = f"tags.kind = 'study' and tags.optuna_study = '{study}'"
-        parents = mlflow.search_runs(experiment_names=names, filter_string=parent_filter)
+        parents = store.runs_frame(names, f"tags.kind = 'study' and tags.optuna_study = '{study}'")
         runs = pd.concat([runs, parents], ignore_index=True).drop_duplicates("run_id")
     return runs
 
 
 def metric_history(run_id: str, key: str) -> pd.DataFrame:
-    from mlflow.tracking import MlflowClient
-
-    points = MlflowClient(default_tracking_uri()).get_metric_history(run_id, key)
-    return pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]}).sort_values("step")
+    points = Store().metric_history(run_id, key)
+    return pd.DataFrame({"step": [s for s, _ in points], "value": [v for _, v in points]})
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:

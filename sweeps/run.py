@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.tracking import REPO_ROOT
+from common import REPO_ROOT
 from sweeps.study import StudySpec, load_study
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -148,7 +148,6 @@ def parent_run_id(study, spec: StudySpec, size: str) -> str | None:
         }
     )
     study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-    parent.client.update_run(parent.run_id, status="RUNNING")
     return parent.run_id
 
 
@@ -254,19 +253,14 @@ def _tag_trial_run(spec: StudySpec, logger: str):
     def callback(study, trial) -> None:
         if logger != "mlflow":
             return
-        from mlflow.tracking import MlflowClient
+        from common.tracking import Store
 
-        from common.tracking import default_tracking_uri
-
-        client = MlflowClient(default_tracking_uri())
-        runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments() if e.name == spec.phase],
-            filter_string=f"tags.optuna_study = '{spec.name}' and tags.optuna_trial = '{trial.number}'",
-        )
-        for run in runs:
-            client.set_tag(run.info.run_id, "optuna_state", trial.state.name)
+        store = Store()
+        trial_filter = f"tags.optuna_study = '{spec.name}' and tags.optuna_trial = '{trial.number}'"
+        for run_id in store.run_ids(spec.phase, trial_filter):
+            store.set_tags(run_id, {"optuna_state": trial.state.name})
             if trial.state.name == "PRUNED":
-                client.set_terminated(run.info.run_id, status="KILLED")
+                store.set_status(run_id, "KILLED")
 
     return callback
 
@@ -284,21 +278,16 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
         best = study.best_trial
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     if parent:
-        from mlflow.tracking import MlflowClient
+        from common.tracking import Store
 
-        from common.tracking import default_tracking_uri
-
-        client = MlflowClient(default_tracking_uri())
-        for key, value in counts.items():
-            client.log_metric(parent, f"study/n_{key}", value)
+        store = Store()
+        store.log_metrics(parent, {f"study/n_{key}": value for key, value in counts.items()})
         if counts["complete"]:
-            client.log_metric(parent, "study/best_value", summary["best_value"])
-            client.set_tag(parent, "best_trial", summary["best_trial"])
-            for k, v in summary["best_params"].items():
-                client.set_tag(parent, f"best.{k}", v)
-        frame = study.trials_dataframe()
-        client.log_text(parent, frame.to_csv(index=False), "study/trials.csv")
-        client.set_terminated(parent, status="FINISHED" if counts["running"] == 0 else "RUNNING")
+            store.log_metrics(parent, {"study/best_value": summary["best_value"]})
+            store.set_tags(parent, {"best_trial": summary["best_trial"]})
+            store.set_tags(parent, {f"best.{k}": v for k, v in summary["best_params"].items()})
+        store.log_text(parent, study.trials_dataframe().to_csv(index=False), "study/trials.csv")
+        store.set_status(parent, "FINISHED" if counts["running"] == 0 else "RUNNING")
     return summary
 
 

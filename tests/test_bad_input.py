@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from common.checkpoint import save_checkpoint
-from common.tracking import REPO_ROOT
+from common import REPO_ROOT
 
 pytestmark = pytest.mark.xdist_group("bad_input")  # one worker, so one launcher pays the imports
 

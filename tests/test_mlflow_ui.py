@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from common.tracking import REPO_ROOT, MLflowLogger
+from common import REPO_ROOT
+from common.tracking import MLflowLogger
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,13 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from sweeps import postgres
+from common import postgres
 from sweeps.run import open_study, run_study
 from sweeps.study import load_study
 
@@ -46,22 +48,23 @@ def _install_server() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("pg")
-    for p in (parent, *parent.parents):  # under root the server runs as `postgres`, which must reach its folder
-        if p == p.parent or p.stat().st_mode & 0o005 == 0o005:
-            break
-        p.chmod(p.stat().st_mode | 0o005)
+def server():
+    # Under root the server runs as `postgres`, which must reach its folder: a folder of its own in /tmp (under
+    # pytest's temporary root, `pg_ctl stop` at teardown was refused the folder: permission denied).
+    parent = Path(tempfile.mkdtemp(prefix="research-pg-"))
+    parent.chmod(0o755)
     folder = parent / "data"
     try:
         _install_server()
         url = postgres.start(folder, _free_port())
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
+        shutil.rmtree(parent, ignore_errors=True)
         if os.environ.get("CI"):
             raise  # CI must exercise the real server: failing to start it is a failure, not a skip
         pytest.skip(f"no PostgreSQL server could be started here ({getattr(err, 'stderr', '') or err})")
     yield url, folder
     postgres.stop(folder)
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 STUDY = """

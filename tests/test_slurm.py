@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from common.tracking import REPO_ROOT
+from common import REPO_ROOT
 
 
 def test_the_slurm_launcher_composes_from_the_command_line(tmp_path):

@@ -112,7 +112,7 @@ def test_sigterm_stops_the_sweep_and_a_rerun_finishes_it(tmp_path):
     import sys
     import time
 
-    from common.tracking import REPO_ROOT
+    from common import REPO_ROOT
 
     study_file = _study_file(tmp_path, name="stoppable", n=4)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

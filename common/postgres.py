@@ -1,9 +1,9 @@
 """A PostgreSQL server of one's own on loopback, for Optuna studies shared by many workers and for an MLflow
 tracking server's backend store (`make mlflow-server`), from the Debian `postgresql` package.
 
-    python -m sweeps.postgres start --dir .pgdata --port 5433     # prints postgresql://...:5433/research
-    python -m sweeps.postgres start --dir .pgdata --database mlflow   # another database, same server
-    python -m sweeps.postgres stop --dir .pgdata
+    python -m common.postgres start --dir .pgdata --port 5433     # prints postgresql://...:5433/research
+    python -m common.postgres start --dir .pgdata --database mlflow   # another database, same server
+    python -m common.postgres stop --dir .pgdata
 
 A cluster is created on first start (initdb, trust authentication on 127.0.0.1 only). Under root the server
 runs as the `postgres` user, since PostgreSQL refuses to run as root. Teams point workers at a real server
@@ -124,7 +124,7 @@ def stop(data_dir: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sweeps.postgres", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m common.postgres", description=__doc__.splitlines()[0])
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--dir", default=".pgdata")
     p.add_argument("--port", type=int, default=5433)
