@@ -21,7 +21,7 @@ ARGS       ?=
 HOST       ?= 127.0.0.1
 PORT       ?= 5000
 
-.PHONY: help install test test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
+.PHONY: help install test test-deps test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
         sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
         bench-phase1-rd bench-phase2-lm
 
@@ -52,7 +52,9 @@ postgres:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "note: PostgreSQL is not installed; its tests will fail under CI"
 
-test: $(STAMP) browser postgres ## Run the CPU test suite (installs first if needed)
+test-deps: browser postgres ## Install what the UI and PostgreSQL tests drive: Chromium and PostgreSQL (as root, Debian)
+
+test: $(STAMP) ## Run the CPU test suite (installs first if needed; `make test-deps` for the browser and database tests)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -q
 
 test-fast: $(STAMP) ## Run the CPU tests not marked slow
@@ -78,8 +80,9 @@ data-kodak: ## Download the Kodak test set (24 PNGs) into data/kodak (needs a ne
 	    https://r0k.us/graphics/kodak/kodak/kodim$$i.png || exit 1; done
 	@echo "Kodak in data/kodak: evaluate with python -m phase1.evaluate CKPT --data data/kodak"
 
-lint: $(STAMP) ## Ruff lint of the whole tree
+lint: $(STAMP) ## Ruff lint and format check of the whole tree
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: $(STAMP) ## Ruff auto-format
 	$(VENV)/bin/ruff format .
@@ -126,16 +129,15 @@ bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte
 	$(PY) benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json
 
 # `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
-DEMO_P1 := model=tiny data.patch_size=128 data.batch_size=4 loop.max_steps=60 loop.eval_every=60 \
-           loop.ckpt_every=0 loop.progress=false eval.max_images=3
+# Sizes live in experiments/phase{1,2}/experiment/demo.yaml, which the Balanced study's demo size also uses.
 DEMO_LAMBDAS ?= 0.0018 0.0067 0.025 0.0932
 demo: $(STAMP) ## The main job: Phase 1 Adam vs Balanced, Phase 2, a short sweep, the report
 	@echo "== Phase 1: tiny HPCM, Adam and Balanced at lambdas $(DEMO_LAMBDAS)"
 	@for l in $(DEMO_LAMBDAS); do for o in adam balanced; do \
-	  $(PY) -m phase1.train optim=$$o lmbda=$$l $(DEMO_P1) logger.run_name=demo-$$o-$$l || exit 1; done; done
+	  $(PY) -m phase1.train experiment=demo optim=$$o lmbda=$$l logger.run_name=demo-$$o-$$l || exit 1; \
+	  done; done
 	@echo "== Phase 2: debug preset on the built-in corpus"
-	$(PY) -m phase2.train model=debug seq_len=128 batch_size=8 loop.max_steps=200 loop.eval_every=100 \
-	  loop.progress=false logger.run_name=demo-phase2
+	$(PY) -m phase2.train experiment=demo logger.run_name=demo-phase2
 	@echo "== Balanced sweep (demo size)"
 	$(PY) -m sweeps.run balanced --size demo
 	@echo "== Report"

@@ -22,9 +22,8 @@ import torch
 import triton
 import triton.testing
 
-from phase2.ops.bk_core import bk_core
-from phase2.ops.bk_core import triton as bt
-from phase2.ops.bk_core.naive import bk_core_naive
+from phase2.ops.bk_core import bk_core, bk_core_reference
+from phase2.ops.bk_core import kernels as bt
 
 REGIMES = [(16384, 4096), (256, 16384), (64, 65536)]
 DEVICE = "cuda"
@@ -81,7 +80,7 @@ def rel(x, ref):
 def reference(a, k, z, dg, chains):
     """Output and the three gradients of the complex128 loop (autograd) for the first `chains` chains."""
     leaves = [x[:chains].detach().to(torch.complex128).requires_grad_(True) for x in (a, k, z)]
-    g = bk_core_naive(leaves[0], leaves[1], leaves[2][:, None])
+    g = bk_core_reference(leaves[0], leaves[1], leaves[2][:, None])
     grads = torch.autograd.grad(g, leaves, dg[:chains].to(torch.complex128))
     return g.detach(), grads
 
@@ -144,7 +143,7 @@ def compiled_loop(a, k, z):
 
 def time_loops(a, k, z, dg, which):
     """One timed run each (after a short warm-up) of a Python-loop implementation: fwd and fwd+bwd."""
-    fn = {"naive": lambda a, k, z: bk_core_naive(a, k, z[:, None]), "compiled_step": compiled_loop}[which]
+    fn = {"naive": lambda a, k, z: bk_core_reference(a, k, z[:, None]), "compiled_step": compiled_loop}[which]
     small = [x[:, :64] if x.dim() == 2 else x for x in (a, k, z)]
     leaves = [x.detach().requires_grad_(True) for x in small]
     torch.autograd.grad(fn(*leaves), leaves, dg[:, :64])  # warm-up: compiles, loads kernels

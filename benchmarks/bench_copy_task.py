@@ -1,4 +1,4 @@
-"""Copy-task accuracy (seed 002): Phase 2 beside the seed's Transformer and a decoder-only Transformer.
+"""Copy-task accuracy: Phase 2 beside the original code's encoder-decoder Transformer and a decoder-only one.
 
     PYTHONPATH=. python benchmarks/bench_copy_task.py --out benchmarks/results/copy_task.json [--device cpu]
     PYTHONPATH=. python benchmarks/bench_copy_task.py --runs phase2:seed:16000 --out ...   # one run
@@ -6,12 +6,12 @@
 Each run trains from scratch for a fixed number of steps (fresh random strings every step, Adam + Noam,
 label smoothing 0) and is scored by greedy decoding on 500 held-out strings, whole-sequence exact match,
 every --eval-every steps (the curve) and at the end:
-  seq2seq         seed 002's encoder-decoder and settings (d 128, 2 layers, 4 heads, d_ff 512, dropout 0.1,
+  seq2seq         the original code's encoder-decoder and settings (d 128, 2 layers, 4 heads, d_ff 512, dropout 0.1,
                   batch 32, warmup 1000)
   transformer_lm  decoder-only from the same blocks, `src <sep> src <eos>` (batch 64, Noam factor 2)
   phase2          Phase2IntegratedModel (BK-Core + gated Hebbian memory), same framing and width, chunk and
                   gate interval 16
-Tasks: "digits" (10 symbols, lengths 1..10) and "seed" (99 symbols, lengths 1..20: seed 002's sizes).
+Tasks: "digits" (10 symbols, lengths 1..10) and "seed" (99 symbols, lengths 1..20: the original code's sizes).
 Runs go in parallel processes (--jobs), one math thread each. On a GPU, first: the model's gradients through
 the Triton paths against the PyTorch ones.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from phase2.baseline import TransformerLM, TransformerLMConfig
+from phase2.bk_core_lm import create_phase2_model
 from phase2.copy_task import CopyTaskConfig, train_lm_copy, train_seq2seq_copy
-from phase2.model import create_phase2_model
 
 TASKS = {"digits": dict(num_symbols=10, max_len=10), "seed": dict(num_symbols=99, max_len=20)}
 RUNS = [
@@ -63,7 +63,7 @@ def gpu_gradient_check(device) -> dict:
     ids = torch.randint(0, 50, (4, 48), generator=torch.Generator().manual_seed(0)).to(device)
     for triton_paths in (True, False):
         torch.manual_seed(0)
-        model = phase2_model(50, 64, use_triton_bk=triton_paths).to(device)
+        model = phase2_model(50, 64, ops_impl="auto" if triton_paths else "torch").to(device)
         for block in model.blocks:
             block.memory.impl = "auto" if triton_paths else "torch"
         logits = model(ids[:, :-1])
@@ -79,7 +79,7 @@ def run(job: dict) -> dict:
     name, task, steps = job["run"].split(":")
     torch.set_num_threads(1)
     device = torch.device(job["device"])
-    # the seed's optimiser settings; decoder-only runs take batches of 64 and twice the Noam rate
+    # the original code's optimiser settings; decoder-only runs take batches of 64 and twice the Noam rate
     opt = (
         dict(batch_size=32, warmup_steps=1000, noam_factor=1.0)
         if name == "seq2seq"

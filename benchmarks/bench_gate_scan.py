@@ -5,7 +5,7 @@
 The scan is sequential over a call's gate intervals and runs one program per (batch, head), so its time per
 interval is latency: what matters is how long one program takes to evaluate the gates at a boundary and
 advance the state through the interval. Variants: warps per program (4, 8); the state advance in IEEE
-float32 or TF32 products. Each is checked against the PyTorch reference (gate_scan_naive) on the same
+float32 or TF32 products. Each is checked against the PyTorch reference (gate_scan_reference) on the same
 inputs: every segment's gates and boundary statistics and the final gates.
 Shapes are Phase 2 `small`'s: 4 heads x 64, gate interval 64.
 """
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
-from phase2.ops.memory_gates import GateParams, Gates, gate_scan_naive
-from phase2.ops.memory_gates.triton import gate_scan_triton
+from phase2.ops.memory_gates import GateParams, Gates, gate_scan_reference
+from phase2.ops.memory_gates.kernels import gate_scan_triton
 from phase2.zeta import zeta_mode_basis
 
 H, D, INTERVAL = 4, 64, 64
@@ -62,7 +62,7 @@ def main():
     for shape in args.shapes.split(","):
         B, T = (int(x) for x in shape.split("x"))
         a = scan_inputs(B, T)
-        ref = gate_scan_naive(*a)
+        ref = gate_scan_reference(*a)
         for warps, prec in itertools.product((4, 8), ("ieee", "tf32")):
             variant = dict(precision=prec, num_warps=warps)
 

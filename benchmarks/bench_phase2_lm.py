@@ -11,7 +11,8 @@ Two parts, both byte-level (vocabulary 256, so the output layer does not hide th
               which Phase 2's tokens/s exceeds the Transformer's. Before it, on this GPU: Phase 2's loss and
               gradients through its Triton paths against its PyTorch paths; after it, the CUDA time of one
               Phase 2 step at the longest length by operator (torch.profiler).
-The Transformer's FFN width is chosen so that its parameter count matches Phase 2's (within 1 %).
+The Transformer's FFN width is chosen so that its parameter count matches Phase 2's (within 1 %). Transformer++
+(RoPE, SwiGLU, RMSNorm; phase2/baseline.py) runs as experiments/phase2/model/transformer_pp.yaml sets it.
 `--data` is a text folder (default: the built-in corpus, data=builtin).
 """
 
@@ -27,8 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.config import compose
 from phase2.baseline import TransformerLM, TransformerLMConfig
-from phase2.model import create_phase2_model
+from phase2.bk_core_lm import create_phase2_model
+from phase2.factory import build_model
 
 VOCAB = 256  # byte-level tokenizer
 WIDTH = dict(d_model=256, n_layers=4, n_heads=4)  # Phase 2 'small': 4 heads x 64
@@ -40,6 +43,11 @@ def phase2_model(n_seq: int):
 
 def transformer_model(n_seq: int, ffn_dim: int):
     return TransformerLM(TransformerLMConfig(vocab_size=VOCAB, ffn_dim=ffn_dim, max_len=n_seq, dropout=0.0, **WIDTH))
+
+
+def transformer_pp_model(n_seq: int):
+    """Transformer++ as experiments/phase2/model/transformer_pp.yaml sets it (parameters matched to 'small')."""
+    return build_model(compose("phase2", ["model=transformer_pp"]).model, VOCAB, n_seq)
 
 
 def count(model) -> int:
@@ -59,7 +67,7 @@ def matched_ffn_dim(n_seq: int) -> tuple[int, int, int]:
 def use_gate_scan(spec: str | None) -> None:
     """Set the gate-scan kernel variant ("WARPS,PRECISION") in this process; None keeps the default."""
     if spec:
-        from phase2.ops.memory_gates import triton as gate_kernel
+        from phase2.ops.memory_gates import kernels as gate_kernel
 
         warps, precision = spec.split(",")
         gate_kernel.CONFIG = gate_kernel.GateScanConfig(int(warps), precision)
@@ -88,8 +96,8 @@ def quality_run(job: dict) -> dict:
         "diagnostics_every=0",
         "eval.max_batches=null",
         f"optim.lr={job['lr']}",
-        f"optim.warmup_steps={job['warmup']}",
-        "optim.min_lr=1e-5",
+        f"schedule.warmup_steps={job['warmup']}",
+        "schedule.min_lr=1e-5",
         f"checkpoint.dir={job['ckpt']}",
         f"hydra.run.dir={job['ckpt']}",
     ]
@@ -154,9 +162,7 @@ def gradient_check() -> dict:
     grads, losses = [], []
     for impl in ("auto", "torch"):
         torch.manual_seed(0)
-        model = create_phase2_model(
-            preset="small", vocab_size=VOCAB, n_seq=512, dropout=0.0, use_triton_bk=impl == "auto"
-        ).cuda()
+        model = create_phase2_model(preset="small", vocab_size=VOCAB, n_seq=512, dropout=0.0, ops_impl=impl).cuda()
         for block in model.blocks:
             block.memory.impl = impl
         loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
@@ -217,7 +223,11 @@ def profile_step(T: int, batch: int, top: int = 15) -> dict:
 
 
 def throughput(lengths: list[int], tokens_per_step: int, ffn: int, steps: int) -> dict:
-    builders = {"phase2": phase2_model, "transformer": lambda n_seq: transformer_model(n_seq, ffn)}
+    builders = {
+        "phase2": phase2_model,
+        "transformer": lambda n_seq: transformer_model(n_seq, ffn),
+        "transformer_pp": transformer_pp_model,
+    }
     out = {name: [] for name in builders}
     for T in lengths:
         batch = max(1, tokens_per_step // T)
@@ -238,7 +248,7 @@ def summarise(result: dict, lengths: list[int]) -> dict:
     q = result["quality"]
     mean = {
         m: sum(r["val_bits_per_byte"] for r in q if r["name"] == m) / sum(r["name"] == m for r in q)
-        for m in ("phase2", "transformer")
+        for m in dict.fromkeys(r["name"] for r in q)
     }
     p2, tf = result["throughput"]["phase2"], result["throughput"]["transformer"]
     faster = [a["T"] for a, b in zip(p2, tf) if a["tokens_per_s"] > b["tokens_per_s"]]
@@ -296,7 +306,11 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "gate_scan": args.gate_scan or "default",
-        "parameters": {"phase2": p2_params, "transformer": tf_params},
+        "parameters": {
+            "phase2": p2_params,
+            "transformer": tf_params,
+            "transformer_pp": count(transformer_pp_model(args.seq_len)),
+        },
         "transformer_ffn_dim": ffn,
     }
     print(f"parameters: Phase 2 small {p2_params:,}, Transformer {tf_params:,} (FFN {ffn})", flush=True)
@@ -328,6 +342,7 @@ def main() -> None:
         models = {
             "phase2": ["model=small"],
             "transformer": ["model=transformer", f"model.ffn_dim={ffn}", f"model.max_len={args.seq_len}"],
+            "transformer_pp": ["model=transformer_pp", f"model.max_len={args.seq_len}"],
         }
         root = Path(tempfile.mkdtemp())
         jobs = [

@@ -34,7 +34,9 @@ class EpochBatches:
     """Iterates forever over batches; `state_dict()` is the data position a checkpoint stores.
 
     With `world_size > 1` every rank takes a disjoint slice of each epoch's permutation (the same role as
-    DistributedSampler) and all ranks see the same number of batches."""
+    DistributedSampler) and all ranks see the same number of batches. With `replay_first_epoch` every epoch is
+    epoch 0 again, same order and same per-sample seeds, so the same crops: `overfit_batches` wants the very
+    same batches, not new draws of the same images."""
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class EpochBatches:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        replay_first_epoch: bool = False,
     ):
         n = len(dataset)
         per_rank = n // world_size
@@ -59,12 +62,16 @@ class EpochBatches:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.num_workers, self.collate_fn, self.pin_memory = num_workers, collate_fn, pin_memory
         self.rank, self.world_size = rank, world_size
+        self.replay_first_epoch = replay_first_epoch
         self.batches_per_epoch = per_rank // batch_size
         self.epoch, self.position = 0, 0
         self._iterator: Iterator | None = None
 
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.seed * 1_000_003 + (0 if self.replay_first_epoch else epoch)
+
     def _epoch_plan(self, epoch: int) -> list[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(self._epoch_seed(epoch))
         n = len(self.dataset)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         sample_seeds = torch.randint(0, 2**62, (n,), generator=g)
@@ -76,7 +83,7 @@ class EpochBatches:
         plan = self._epoch_plan(self.epoch)[self.position :]
         # Its own generator: a DataLoader iterator otherwise draws its worker base seed from the global RNG,
         # which would shift the training RNG depending on where a run was resumed.
-        worker_seeds = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        worker_seeds = torch.Generator().manual_seed(self._epoch_seed(self.epoch))
         loader = DataLoader(
             self.dataset,
             batch_sampler=plan,

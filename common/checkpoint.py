@@ -1,6 +1,6 @@
 """Checkpoints: one plain dict per file, written atomically, read with `torch.load(weights_only=True)`.
 
-Key names follow the seeds (`model_state_dict`, `optimizer_state_dict`, `scheduler_state_dict`, `epoch`,
+Key names follow the original code (`model_state_dict`, `optimizer_state_dict`, `scheduler_state_dict`, `epoch`,
 `global_step`, `best_val_loss`); on top of them a checkpoint carries what an exact resume needs: the data
 position, the MLflow run id, the resolved config as a plain dict, every RNG state as tensors, and extras such
 as a tokenizer (stored as JSON text). Nothing in it needs pickling, so loading never executes code.
@@ -9,9 +9,10 @@ as a tokenizer (stored as JSON text). Nothing in it needs pickling, so loading n
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message is one line naming the file and the problem."""
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, rename.
-
-    A crash (even SIGKILL) at any point leaves either the old file or the new one, never a torn one."""
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """`write(temporary path)` fills a file in `path`'s folder (same suffix, so writers that go by the suffix
+    pick the right format); it is fsynced and renamed over `path`. A crash (even SIGKILL) at any point leaves
+    either the old file or the new one, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -46,23 +45,46 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically (write_atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, **payload}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    return write_atomically(path, write)
+
+
+def read_torch_file(path: str | os.PathLike, map_location="cpu") -> Any:
+    """`torch.load(weights_only=True)` of a file, with a one-line CheckpointError naming it when it is missing,
+    truncated, or holds objects that cannot be loaded safely. The checks of what it holds are the caller's."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a torn zip, a text file, ...: torch raises whatever its reader hits first
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            raise CheckpointError(f"checkpoint {path} holds objects that cannot be loaded safely") from None
+        detail = _first_line(err)
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:120] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | None = None) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`.
 
     `kind` (e.g. "phase1") is checked against the checkpoint's own `kind`, so a checkpoint of the other phase
     is refused with a clear message instead of failing later inside `load_state_dict`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail})") from None
-    except Exception as err:  # weights_only refuses pickled objects with UnpicklingError and friends
-        raise CheckpointError(
-            f"checkpoint {path} holds objects that cannot be loaded safely ({type(err).__name__})"
-        ) from None
+    payload = read_torch_file(path, map_location)
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project (no model_state_dict)")
     if kind is not None and payload.get("kind") not in (None, kind):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from common import runtime
-from common.checkpoint import CheckpointManager, load_checkpoint
+from common.checkpoint import CheckpointManager
 from common.tracking import Logger, NullLogger
 
 
@@ -118,7 +118,7 @@ class Loop:
             "model_state_dict": unwrap(self.model).state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler else {},
-            "epoch": self._epoch(),
+            "epoch": self.epoch,
             "global_step": self.state.global_step,
             "best_val_loss": self.state.best_val_loss,
             "skipped_steps": self.state.skipped_steps,
@@ -134,9 +134,9 @@ class Loop:
         if self.checkpoints is not None:
             self.checkpoints.save(self.payload(), self.state.global_step, is_best=is_best)
 
-    def resume(self, path) -> dict[str, Any]:
-        """Restore everything a checkpoint holds; returns it (callers read extras such as the run id)."""
-        ckpt = load_checkpoint(path, kind=self.kind)
+    def resume(self, ckpt: Mapping[str, Any]) -> None:
+        """Restore everything a checkpoint holds. It comes loaded (common.run reads the file once, for the
+        tracking run id and the phase's own extras too)."""
         unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         if self.scheduler and ckpt["scheduler_state_dict"]:
@@ -151,9 +151,10 @@ class Loop:
             history=list(ckpt.get("history", [])),
         )
         runtime.set_rng_state(ckpt["rng_state"])
-        return ckpt
 
-    def _epoch(self) -> int:
+    @property
+    def epoch(self) -> int:
+        """The data's current epoch (batches that keep no position count as one endless epoch)."""
         return int(self.batches.state_dict()["epoch"]) if hasattr(self.batches, "state_dict") else 0
 
     # ------------------------------------------------------------------------------------------ one step
@@ -182,11 +183,13 @@ class Loop:
         return scalars
 
     # ------------------------------------------------------------------------------------------ the loop
-    def fit(self, resume_from=None, tags: Mapping[str, Any] | None = None, run_dir=None) -> dict[str, float]:
-        """Resume (same MLflow run) or record a new run's config and tags, run, and close the run with its
-        status: FINISHED, KILLED (stopped by a signal) or FAILED (an exception, re-raised)."""
-        if resume_from:
-            self.resume(resume_from)
+    def fit(
+        self, resumed: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None, run_dir=None
+    ) -> dict[str, float]:
+        """Resume from a loaded checkpoint (same MLflow run) or record a new run's config and tags, run, and
+        close the run with its status: FINISHED, KILLED (stopped by a signal) or FAILED (an exception, re-raised)."""
+        if resumed:
+            self.resume(resumed)
         else:
             self.logger.log_params(self.config)
             self.logger.set_tags(dict(tags or {}))

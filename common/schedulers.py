@@ -1,7 +1,7 @@
 """Learning-rate schedules as pure functions of the step, wrapped in `LambdaLR`.
 
 Each function returns the multiplier applied to the optimizer's base lr, so values are easy to test and the
-same function serves any optimizer. Noam returns the lr itself and is meant for base lr 1.0 (seed 002 builds
+same function serves any optimizer. Noam returns the lr itself and is meant for base lr 1.0 (the original code builds
 Adam with lr 0 and lets the schedule set it).
 """
 
@@ -30,7 +30,7 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_ratio
 
 def noam(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
     """`factor * d_model**-0.5 * min(s**-0.5, s * warmup**-1.5)` with `s = max(step, 1)` ("Attention is all
-    you need"; seed 002)."""
+    you need"; the original code)."""
     s = max(step, 1)
     return factor * d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)
 
@@ -62,6 +62,8 @@ def build_scheduler(optimizer: Optimizer, name: str, total_steps: int, **kw) -> 
             min_ratio=kw.get("min_ratio", 0.0),
         )
     elif name == "noam":
+        if kw.get("d_model") is None:
+            raise ValueError("the noam schedule scales by the model's width (d_model), and this model has none")
         fn = partial(
             noam, d_model=kw["d_model"], warmup_steps=kw.get("warmup_steps", 4000), factor=kw.get("factor", 1.0)
         )

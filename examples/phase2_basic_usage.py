@@ -1,12 +1,11 @@
-"""Phase 2 basics (seed 001, section 1): build a model, run it, stream with a state, read its statistics.
+"""Phase 2 basics: build a model, run it, stream with a state, read its statistics.
 
 python examples/phase2_basic_usage.py
 """
 
 import torch
 
-from phase2.config import get_phase2_preset
-from phase2.model import create_phase2_model
+from phase2 import create_phase2_model, get_phase2_preset
 
 config = get_phase2_preset("debug")
 print(f"debug preset: d_model={config.d_model}, layers={config.n_layers}, heads={config.num_heads}")

@@ -1,4 +1,4 @@
-"""Phase 2 diagnostics (seed 001, section 4): Gamma per layer, SNR, resonance, stability, and the
+"""Phase 2 diagnostics: Gamma per layer, SNR, resonance, stability, and the
 comprehensive report, from a checkpoint on real text.
 
     python examples/phase2_diagnostics.py CHECKPOINT [--out diagnostics]

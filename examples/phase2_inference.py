@@ -1,4 +1,4 @@
-"""Phase 2 inference (seed 001, section 3): greedy, top-k and top-p sampling, a batch, streaming, perplexity.
+"""Phase 2 inference: greedy, top-k and top-p sampling, a batch, streaming, perplexity.
 
 python examples/phase2_inference.py CHECKPOINT [--text notes.txt]
 """

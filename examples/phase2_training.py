@@ -1,4 +1,4 @@
-"""Phase 2 training (seed 001, section 2), through the same entry point as `make train-phase2`.
+"""Phase 2 training, through the same entry point as `make train-phase2`.
 
     python examples/phase2_training.py [--steps 40] [--out outputs/examples/phase2]
 

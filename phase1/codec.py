@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import struct
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from phase1.hpcm import CONFIGS, HPCM, build_hpcm, canonical_name, load_hpcm_state_dict
+from common.checkpoint import CheckpointError, write_atomically
+from phase1.data import UnsupportedImageError, read_rgb
+from phase1.hpcm import HPCM, canonical_name
+from phase1.weights import load_codec
 
 MAGIC = b"HPCM"
 VERSION = 1
@@ -118,121 +118,25 @@ def weights_hash(model: HPCM) -> bytes:
     return h.digest()
 
 
-def read_checkpoint(path: str | Path, model_name: str | None = None):
-    """-> (state_dict, model name, meta). Accepts this project's checkpoints ({"model_state_dict", "config"})
-    and the official code's (a plain state_dict, possibly with DataParallel's "module." prefix). `meta` holds
-    what the project's config says about the run (model, lmbda, optim)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle of arbitrary objects, not a torch file at all
-        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CodecError(f"checkpoint {path} cannot be read as a torch checkpoint ({detail})") from None
-    meta = {"source": "official"}
-    if isinstance(obj, dict) and obj.get("kind") not in (None, "phase1"):  # e.g. a Phase 2 language model
-        raise CodecError(f"checkpoint {path} is a {obj['kind']} checkpoint, but a phase1 checkpoint is needed")
-    if isinstance(obj, dict) and "model_state_dict" in obj:
-        cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": (cfg.get("optim") or {}).get("name")}
-        if model_name is None and isinstance(cfg.get("model"), dict):
-            model_name = cfg["model"].get("name")
-        obj = obj["model_state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CodecError(f"checkpoint {path} holds no model state_dict")
-    obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    name = canonical_name(model_name) if model_name else _infer_model(obj, path)
-    meta["model"] = name
-    return obj, name, meta
-
-
-def _infer_model(state_dict: dict, path) -> str:
-    """The model whose parameter shapes the state_dict has (official checkpoints carry no model name)."""
-    for name in CONFIGS:
-        with torch.device("meta"):
-            own = build_hpcm(name).state_dict()
-        params = {k for k in own if not _is_table(k) and not k.startswith("adaptive_params_list.")}
-        if all(k in state_dict and state_dict[k].shape == own[k].shape for k in params):
-            return name
-    raise CodecError(f"checkpoint {path} matches none of the HPCM models {sorted(CONFIGS)}; pass --model")
-
-
-def _is_table(key: str) -> bool:
-    return key in ("scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z",
-                   "quantized_cdf_y", "cdf_length_y", "offset_y")  # fmt: skip
-
-
-def load_weights_into(model: HPCM, checkpoint) -> list[str]:
-    """Load a project or official checkpoint into `model` (e.g. to fine-tune the published HPCM); the
-    checkpoint's model must be the same. Returns notes about what was adapted."""
-    state_dict, name, _ = read_checkpoint(checkpoint, model.config.name)
-    return _load(model, state_dict, name, checkpoint)
-
-
-def _load(model: HPCM, state_dict: dict, name: str, checkpoint) -> list[str]:
-    try:
-        notes = load_hpcm_state_dict(model, state_dict)
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CodecError(f"checkpoint {checkpoint} does not fit {name}: {detail}") from None
-    for note in notes:
-        if "update()" not in note:
-            print(f"note: {checkpoint}: {note}", file=sys.stderr)
-    return notes
-
-
-def load_codec(checkpoint, model_name: str | None = None, device="cpu") -> tuple[HPCM, dict]:
-    """(HPCM in eval mode with coding tables, meta) from a project or official checkpoint."""
-    state_dict, name, meta = read_checkpoint(checkpoint, model_name)
-    model = build_hpcm(name)
-    _load(model, state_dict, name, checkpoint)
-    model = model.to(device).eval()
-    model.update()
-    return model, meta
-
-
 def read_image(path: str | Path) -> tuple[torch.Tensor, int]:
-    """-> ((1, 3, H, W) float in [0, 1], flags). Grayscale and alpha are converted with a note; 16-bit refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"image {path} does not exist")
+    """-> ((1, 3, H, W) float in [0, 1], flags), by phase 1's one image reader; conversions get a note."""
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise CodecError(f"image {path} cannot be read ({str(err).splitlines()[0][:120]})") from None
-    rawmode = str(img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else "") if hasattr(img, "tile") else ""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F") or "16" in rawmode:
-        raise CodecError(f"image {path} has 16-bit or float samples ({img.mode}); convert it to 8-bit RGB first")
-    flags = 0
-    if img.mode in ("L", "LA", "1"):
-        flags |= FLAG_GRAY
-        print(f"note: {path} is grayscale; coded as RGB with three equal channels", file=sys.stderr)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        flags |= FLAG_ALPHA
-        print(f"note: {path} has an alpha channel; it is dropped (only RGB is coded)", file=sys.stderr)
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255), flags
+        image = read_rgb(path)
+    except UnsupportedImageError as err:
+        raise CodecError(str(err)) from None
+    if image.note:
+        print(f"note: {path} {image.note}", file=sys.stderr)
+    return image.pixels[None], (FLAG_GRAY if image.gray else 0) | (FLAG_ALPHA if image.alpha else 0)
 
 
-def write_atomic(path: str | Path, writer) -> None:
-    """writer(file object or temp path) fills a temporary file next to `path`, which is then renamed over it."""
+def write_atomic(path: str | Path, write) -> None:
+    """`write(temporary path)` fills a file next to `path`, which then replaces it in one rename."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CodecError(f"output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    if path.is_dir():
+        raise CodecError(f"output {path} is a folder")
+    write_atomically(path, write)
 
 
 # ---------------------------------------------------------------------- encode / decode
@@ -292,12 +196,15 @@ def main(argv=None) -> int:
     args = p.parse_args(None if argv is None else [str(a) for a in argv])
     try:
         return _run(args)
-    except (CodecError, ValueError, FileNotFoundError) as err:
+    except (CodecError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2  # the user's input, as for every command of the project
 
 
 def _run(args) -> int:
+    source, target = (args.image, args.output) if args.cmd == "encode" else (args.input, args.image)
+    if Path(source).resolve() == Path(target).resolve():
+        raise CodecError(f"output {target} is the input itself: give another output path")
     device = _device(args.device)
     if args.cmd == "encode":
         x, flags = read_image(args.image)

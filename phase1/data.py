@@ -78,32 +78,66 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 class UnsupportedImageError(ValueError):
-    pass
+    """An image the codec cannot take; the message is one line naming the file."""
+
+
+# Larger images are refused before decoding: a small file can unpack to gigabytes (a decompression bomb).
+# PIL's own limit, 89.5 million pixels, is about a 12,000 x 7,500 photo.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+@dataclass(frozen=True)
+class RGBImage:
+    pixels: torch.Tensor  # (3, H, W) float in [0, 1]
+    gray: bool  # the file was grayscale (its three channels are equal)
+    alpha: bool  # the file had an alpha channel (dropped)
+
+    @property
+    def note(self) -> str | None:
+        if self.alpha:
+            return "has an alpha channel; it is dropped (only RGB is coded)"
+        return "is grayscale; coded as RGB with three equal channels" if self.gray else None
+
+
+def read_rgb(path: str | Path) -> RGBImage:
+    """The one image reader of phase 1 (training, evaluation and the codec): 8-bit RGB, grayscale or with
+    alpha; 16-bit or float samples of any layout and images over MAX_PIXELS are refused, never cut down."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnsupportedImageError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            _refuse_unsupported(img, path)  # before load(): it empties img.tile, where 16-bit RGB shows
+            img.load()
+            gray = img.mode in ("1", "L", "LA")
+            alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, UnsupportedImageError):
+            raise
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UnsupportedImageError(f"image {path} cannot be read ({detail})") from None
+    return RGBImage(torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), gray, alpha)
+
+
+def _refuse_unsupported(img: Image.Image, path: Path) -> None:
+    rawmodes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in (img.tile or []) if len(t) > 3 and t[3]]
+    if img.mode in _DEEP_MODES or any("16" in str(m) for m in rawmodes) or img.info.get("bits", 8) > 8:
+        raise UnsupportedImageError(
+            f"image {path} has 16-bit or float samples ({img.mode}); the codec takes 8-bit images: convert it first"
+        )
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise UnsupportedImageError(
+            f"image {path} is {width}x{height}, over the {MAX_PIXELS:,}-pixel limit: crop or downscale it first"
+        )
 
 
 def load_rgb(path: str | Path) -> tuple[torch.Tensor, str | None]:
-    """(3, H, W) float tensor in [0, 1], plus a note when the image was converted (grayscale, alpha).
-
-    16-bit images are refused: the codec is trained on 8-bit data and would silently lose the low byte."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F") or img.info.get("bits", 8) > 8:
-                raise UnsupportedImageError(
-                    f"{path} is a {mode} ({'16-bit' if '16' in mode else 'high bit depth'}) image; the codec "
-                    "takes 8-bit RGB: convert it first (e.g. PIL .convert('RGB') after scaling to 8 bits)"
-                )
-            note = None
-            if mode != "RGB":
-                note = f"{Path(path).name}: {mode} converted to RGB" + (
-                    " (alpha dropped)" if "A" in mode or "transparency" in img.info else ""
-                )
-                img = img.convert("RGB")
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise UnsupportedImageError(f"{path} is not a readable image ({type(err).__name__})") from None
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), note
+    """(3, H, W) float tensor in [0, 1], plus a note naming the file when it was converted (grayscale, alpha)."""
+    image = read_rgb(path)
+    return image.pixels, f"{Path(path).name} {image.note}" if image.note else None
 
 
 @dataclass

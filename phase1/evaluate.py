@@ -87,7 +87,7 @@ def evaluate_images(
 
 def operating_point(checkpoint: str | Path, paths: list[Path], device: torch.device) -> dict:
     """Evaluate one checkpoint; the entry is CompressAI eval_model-like plus per-image lists for bootstrap."""
-    from phase1.codec import load_codec
+    from phase1.weights import load_codec
 
     model, meta = load_codec(checkpoint, device=device)
     model.update(force=True)

@@ -1,4 +1,4 @@
-"""Rate-distortion loss with distortion and rate as separate terms (seed 004's RateDistortionLoss).
+"""Rate-distortion loss with distortion and rate as separate terms (the original code's RateDistortionLoss).
 
 MSE: loss = lambda * 255^2 * MSE + bpp (CompressAI's convention, so lambdas from the literature carry over).
 MS-SSIM: loss = lambda * (1 - MS-SSIM) + bpp. The Balanced optimizer weights the two terms itself, so it takes

@@ -1,7 +1,7 @@
 """Phase 1 training: HPCM with Adam or the Balanced R-D optimizer.
 
     python -m phase1.train model=tiny optim=balanced lmbda=0.0035 loop.max_steps=2000
-    ./run_balanced.sh lmbda=0.0483          # the same, with the seed's defaults
+    ./run_balanced.sh lmbda=0.0483          # the same, with the original code's defaults
 
 `train(cfg) -> dict` is the only entry: the CLI, the run scripts, tests and Optuna trials all call it.
 """
@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,10 @@ import torch
 from omegaconf import DictConfig
 
 from common import config as configs
-from common import runtime
-from common.batches import EpochBatches
-from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
-from common.loop import Loop, StepHooks, loop_config, unwrap
+from common import run, runtime
+from common.loop import StepHooks, unwrap
 from common.optim import Balanced, capture_rng_state
-from common.schedulers import build_scheduler
-from common.tracking import create_logger
+from common.run import RunParts
 from phase1.data import ImageCrops, RepeatedDataset, image_paths
 from phase1.evaluate import evaluate_images
 from phase1.loss import RateDistortionLoss, psnr
@@ -133,7 +131,7 @@ class CodecHooks(StepHooks):
         return {**self._evaluate_on(self.test_paths, "test"), "test/images": float(len(self.test_paths))}
 
     def _evaluate_on(self, paths: list[Path], split: str) -> dict[str, float]:
-        """The loss terms from the likelihoods (the seed's bpp_loss) and, with real bitstreams, real bytes."""
+        """The loss terms from the likelihoods (the original code's bpp_loss) and, with real bitstreams, real bytes."""
         model = unwrap(self.model)  # every rank evaluates the same weights on the same images
         if self.real_bitstreams:
             model.update(force=True)
@@ -157,8 +155,8 @@ def build_model(cfg_model: DictConfig) -> torch.nn.Module:
     return build_hpcm(cfg_model.name)
 
 
-def _data(cfg: DictConfig, dist: runtime.DistInfo):
-    """Training batches, validation and test images: three disjoint sets (phase1.data.image_paths)."""
+def _data(cfg: DictConfig):
+    """Training crops, validation and test images: three disjoint sets (phase1.data.image_paths)."""
     source, root, val_count = cfg.data.source, cfg.data.root, cfg.data.get("val_count", 2)
     train_paths, val_paths, test_paths = (
         image_paths(source, root, split, val_count) for split in ("train", "val", "test")
@@ -167,78 +165,45 @@ def _data(cfg: DictConfig, dist: runtime.DistInfo):
         val_paths, test_paths = val_paths[: cfg.eval.max_images], test_paths[: cfg.eval.max_images]
     crops = ImageCrops(train_paths, cfg.data.patch_size, name="train images", cache=cfg.data.get("cache", False))
     train_set = RepeatedDataset(crops, cfg.data.repeats) if cfg.data.repeats > 1 else crops
-    if cfg.get("overfit_batches"):
-        train_set = torch.utils.data.Subset(train_set, range(cfg.data.batch_size * cfg.overfit_batches))
-    batches = EpochBatches(
-        train_set,
-        cfg.data.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        rank=dist.rank,
-        world_size=dist.world_size,
+    return train_set, val_paths, test_paths
+
+
+def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
+    """The codec, its optimizer, the image data and the R-D step; common.run.execute does the rest."""
+    model = build_model(cfg.model).to(device)
+    if cfg.init_from:
+        from phase1.weights import load_weights_into
+
+        load_weights_into(model, cfg.init_from)
+    train_set, val_paths, test_paths = _data(cfg)
+    hooks = partial(
+        CodecHooks,
+        criterion=RateDistortionLoss(cfg.lmbda, cfg.loss_metric),
+        device=device,
+        precision=cfg.precision,
+        val_paths=val_paths,
+        test_paths=test_paths,
+        real_bitstreams=cfg.eval.real_bitstreams,
     )
-    return batches, val_paths, test_paths
+    tags = {"model": cfg.model.name, "optim": cfg.optim.name}
+    if cfg.get("rd_set"):  # the R-D curve this run belongs to (reports draw one per rd_set and optimizer)
+        tags["rd_set"] = cfg.rd_set
+    return RunParts(
+        model=model,
+        optimizer=build_optimizer(model, cfg.optim),
+        hooks=hooks,
+        train_set=train_set,
+        batch_size=cfg.data.batch_size,  # the global batch is world_size x data.batch_size
+        tags=tags,
+        num_workers=cfg.data.num_workers,
+    )
 
 
 def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train per `cfg` (see experiments/phase1/train.yaml); returns the final metrics.
 
     `on_log(step, metrics)` sees every logged point (sweeps report intermediate values through it)."""
-    loop_cfg = loop_config(cfg.loop)  # a bad loop option is refused before anything is created
-    dist = runtime.init_distributed()
-    runtime.seed_everything(cfg.seed + dist.rank)
-    device = runtime.pick_device(cfg.device)
-    plain = configs.to_plain(cfg)
-
-    model = build_model(cfg.model).to(device)
-    if cfg.init_from:
-        from phase1.codec import load_weights_into
-
-        load_weights_into(model, cfg.init_from)
-    if dist.enabled:  # the global batch is world_size x data.batch_size
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
-        )
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule.name, total_steps=cfg.loop.max_steps, warmup_steps=cfg.schedule.warmup_steps
-    )
-    batches, val_paths, test_paths = _data(cfg, dist)
-    hooks = CodecHooks(
-        model,
-        optimizer,
-        RateDistortionLoss(cfg.lmbda, cfg.loss_metric),
-        device,
-        cfg.precision,
-        val_paths,
-        test_paths,
-        cfg.eval.real_bitstreams,
-    )
-
-    resume_from = resolve_resume(cfg.resume)
-    run_id = load_checkpoint(resume_from, kind=KIND)["mlflow_run_id"] if resume_from else None
-    logger = create_logger(cfg.logger, run_id=run_id or None, is_main=dist.is_main)
-    folder = configs.run_dir(cfg)
-    checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
-    loop = Loop(
-        loop_cfg,
-        hooks,
-        batches,
-        scheduler,
-        logger,
-        checkpoints,
-        config=plain,
-        kind=KIND,
-        is_main=dist.is_main,
-        on_log=on_log,
-    )
-    try:
-        tags = {"phase": KIND, "model": cfg.model.name, "optim": cfg.optim.name, "run_dir": folder}
-        if cfg.get("rd_set"):  # the R-D curve this run belongs to (reports draw one per rd_set and optimizer)
-            tags["rd_set"] = cfg.rd_set
-        return loop.fit(resume_from, tags=tags, run_dir=folder)
-    finally:
-        runtime.shutdown_distributed()
+    return run.execute(cfg, KIND, build_parts, on_log)
 
 
 @configs.main("phase1")

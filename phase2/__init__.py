@@ -1,0 +1,36 @@
+"""Phase 2: the BK-Core language model, its Transformer baselines, and the tools that use a trained checkpoint.
+
+    from phase2 import create_phase2_model, Phase2Config, Phase2IntegratedModel
+    model = create_phase2_model(preset="small")
+
+Each name is imported from its module on first use (module-level __getattr__), so importing one submodule,
+e.g. phase2.tokenizer, does not import the models, matplotlib or the training loop.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "phase2.config": ["Phase2Config", "PRESETS", "get_phase2_preset"],
+    "phase2.bk_core_lm": ["Phase2IntegratedModel", "Phase2State", "create_phase2_model"],
+    "phase2.baseline": ["TransformerLM", "TransformerLMConfig", "TransformerPP", "TransformerPPConfig"],
+    "phase2.factory": ["build_model"],
+    "phase2.convert": ["convert_transformer_to_phase2", "convert_phase1_to_phase2"],
+    "phase2.inference": ["LanguageModel", "load_language_model"],
+    "phase2.evaluate": ["evaluate_text"],
+    "phase2.generate": ["Sampling", "generate_ids"],
+    "phase2.diagnostics": ["run_diagnostics"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'phase2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # later look-ups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

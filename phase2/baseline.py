@@ -1,4 +1,4 @@
-"""The comparison model: seed 002's Transformer, encoder-decoder and decoder-only, from one set of blocks.
+"""The comparison models: the Transformer of "Attention is all you need" and Transformer++, the modern decoder.
 
     model = Transformer(src_vocab_size=100, tgt_vocab_size=102, d_model=128, num_layers=2, num_heads=4,
                         d_ff=512, max_len=22, dropout=0.1)
@@ -6,12 +6,17 @@
     ys = greedy_decode(model, src, src_mask, max_len=10, start_symbol=100, end_symbol=101)
 
     lm = TransformerLM(TransformerLMConfig(vocab_size=256))
+    lm = TransformerPP(TransformerPPConfig(vocab_size=256))
     logits = lm(input_ids)                                            # (B, T, vocab)
 
-Blocks follow "Attention is all you need" as the seed builds them: token embedding times sqrt(d_model) plus
-sinusoidal positions, multi-head attention (here through F.scaled_dot_product_attention), a ReLU FFN, and
-"Add & Norm" (post-LayerNorm) after each sub-layer. The decoder-only LM stacks the decoder's self-attention
-and FFN; it is Phase 2's baseline and its "Phase 1" for `convert_phase1_to_phase2`.
+Transformer (encoder-decoder, and the decoder-only TransformerLM from the same blocks): token embedding times
+sqrt(d_model) plus sinusoidal positions, multi-head attention (through F.scaled_dot_product_attention), a ReLU
+FFN, dropout, and "Add & Norm" (post-LayerNorm) after each sub-layer. TransformerLM is the baseline that
+phase2/convert.py turns into a Phase 2 model.
+
+Transformer++ (LLaMA's recipe): pre-norm blocks with RMSNorm, rotary position embeddings (RoPE) on queries and
+keys, a SwiGLU FFN, no biases, no dropout, F.scaled_dot_product_attention(is_causal=True) (flash attention on a
+GPU in half precision), the output head optionally tied to the token embedding.
 
 Masks are boolean, True where attention is allowed: src_mask (B, 1, 1, S), tgt_mask (B, 1, T, T).
 """
@@ -25,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from phase2.layers import ACTIVATIONS, FeedForward, sinusoidal_table
+
 
 @dataclass
 class TransformerLMConfig:
@@ -35,19 +42,11 @@ class TransformerLMConfig:
     ffn_dim: int = 1024
     dropout: float = 0.0
     max_len: int = 16384  # positions of the sinusoidal table (a buffer: no parameters)
-    activation: str = "relu"  # seed 002's FFN; Phase 2 copies the FFN and keeps its activation
-    tie_embeddings: bool = False  # seed 002 keeps a separate output projection (fc_out)
+    activation: str = "relu"  # the FFN's; a Phase 2 model converted from this one keeps it
+    tie_embeddings: bool = False  # False: a separate output projection fc_out, with a bias
 
     def validate(self) -> TransformerLMConfig:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_dim", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TransformerLMConfig.{name}={value!r}: must be a positive integer")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"TransformerLMConfig.d_model={self.d_model} is not divisible by "
-                f"n_heads={self.n_heads}; pick n_heads dividing d_model"
-            )
+        _check_shape(self, ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_dim", "max_len"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerLMConfig.dropout={self.dropout!r}: must be in [0, 1)")
         if self.activation not in ACTIVATIONS:
@@ -66,7 +65,47 @@ class TransformerLMConfig:
         return cls(**d).validate()
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+@dataclass
+class TransformerPPConfig:
+    vocab_size: int = 50257
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int | None = None  # SwiGLU hidden width; None: 8/3 * d_model rounded up to a multiple of 16, the
+    # width at which its three matrices hold as many weights as a two-matrix FFN of 4 * d_model
+    max_len: int = 16384  # longest sequence; RoPE needs no table, but generation re-reads windows of this length
+    rope_base: float = 10000.0  # RoPE's frequencies are rope_base^(-2i / head_dim)
+    tie_embeddings: bool = True  # the output head is the token embedding matrix
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.ffn_dim if self.ffn_dim is not None else 16 * math.ceil(8 * self.d_model / 3 / 16)
+
+    def validate(self) -> TransformerPPConfig:
+        optional = ("ffn_dim",) if self.ffn_dim is not None else ()
+        _check_shape(self, ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", *optional))
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"TransformerPPConfig: head size d_model / n_heads = {self.d_model // self.n_heads} is odd; "
+                "RoPE rotates pairs of features, pick an even head size"
+            )
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or self.rope_base <= 1:
+            raise ValueError(f"TransformerPPConfig.rope_base={self.rope_base!r}: must be a number > 1")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"TransformerPPConfig.tie_embeddings={self.tie_embeddings!r}: must be True or False")
+        return self
+
+
+def _check_shape(cfg, names) -> None:
+    kind = type(cfg).__name__
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{kind}.{name}={value!r}: must be a positive integer")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(
+            f"{kind}.d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}; pick n_heads dividing d_model"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -81,23 +120,13 @@ def create_look_ahead_mask(size: int, device=None) -> torch.Tensor:
 
 
 def create_masks(src: torch.Tensor, tgt: torch.Tensor, pad_idx: int = 0):
-    """Seed 002's pair: src padding mask (B, 1, 1, S) and tgt padding & look-ahead mask (B, 1, T, T)."""
+    """The encoder-decoder's masks: src padding mask (B, 1, 1, S) and tgt padding & look-ahead mask (B, 1, T, T)."""
     src_mask = create_padding_mask(src, pad_idx)
     tgt_mask = create_padding_mask(tgt, pad_idx) & create_look_ahead_mask(tgt.size(1), tgt.device)
     return src_mask, tgt_mask
 
 
 # ----------------------------------------------------------------------------------------------- blocks
-def sinusoidal_table(n_pos: int, d_model: int) -> torch.Tensor:
-    """(n_pos, d_model): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(...), computed in float64."""
-    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
-    table = torch.zeros(n_pos, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
-    return table.float()
-
-
 class Embeddings(nn.Module):
     """Token embedding * sqrt(d_model) + sinusoidal position, then dropout."""
 
@@ -139,16 +168,6 @@ class MultiHeadAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, Tq, D))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.act, self.drop = ACTIVATIONS[activation](), nn.Dropout(dropout)
-
-    def forward(self, x):
-        return self.fc2(self.drop(self.act(self.fc1(x))))
-
-
 class EncoderLayer(nn.Module):
     def __init__(self, d_model, num_heads, d_ff, dropout, activation="relu"):
         super().__init__()
@@ -183,7 +202,7 @@ class DecoderLayer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- models
 class Transformer(nn.Module):
-    """Seed 002's encoder-decoder. forward returns logits over the target vocabulary."""
+    """The encoder-decoder. forward returns logits over the target vocabulary."""
 
     def __init__(
         self,
@@ -229,11 +248,11 @@ def greedy_decode(
     end_symbol: int,
     device=None,
 ) -> torch.Tensor:
-    """Seed 002's greedy decoding, batched: (B, S) -> (B, <= max_len + 1) starting with start_symbol.
+    """Greedy decoding, batched: (B, S) -> (B, <= max_len + 1) starting with start_symbol.
 
     The encoder runs once; the decoder re-reads the growing prefix. Rows that produced end_symbol keep
-    emitting it until every row has ended (or max_len tokens were generated). `device` is accepted for the
-    seed's signature; the tensors' own device is used.
+    emitting it until every row has ended (or max_len tokens were generated). `device` is accepted and
+    unused: the tensors' own device is used.
     """
     model.eval()
     memory = model.encode(src, src_mask)
@@ -265,7 +284,7 @@ class TransformerLM(nn.Module):
         self.fc_out = nn.Linear(c.d_model, c.vocab_size, bias=not c.tie_embeddings)
         if c.tie_embeddings:
             self.fc_out.weight = self.embed.tok.weight
-        for p in self.parameters():  # seed 002 initialises every matrix with Xavier
+        for p in self.parameters():  # Xavier-uniform on every matrix: activations keep their variance through depth
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
@@ -274,3 +293,94 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x, is_causal=True)
         return self.fc_out(x)  # (B, T, vocab)
+
+
+# ------------------------------------------------------------------------------------------ Transformer++
+def rope_angles(n_pos: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (n_pos, head_dim / 2), of position p times frequency base^(-2i / head_dim)."""
+    freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(n_pos, device=device, dtype=torch.float32)[:, None] * freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each feature pair (x_i, x_{i + d/2}) of x (..., T, d) by its position's angle, in float32.
+
+    A query at position m and a key at n then meet as q R(m)^T R(n) k = q R(n - m) k: attention scores see
+    the positions only through their difference."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class RotaryCausalAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.h, self.dk = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)  # each (B, h, T, dk)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(o.transpose(1, 2).reshape(B, T, D))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), no biases (Shazeer, "GLU variants improve Transformer", 2020)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, hidden, bias=False)
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class TransformerPPBlock(nn.Module):
+    """Pre-norm: x + attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, c: TransformerPPConfig):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = nn.RMSNorm(c.d_model, eps=1e-6), nn.RMSNorm(c.d_model, eps=1e-6)
+        self.attn = RotaryCausalAttention(c.d_model, c.n_heads)
+        self.ffn = SwiGLU(c.d_model, c.hidden_dim)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class TransformerPP(nn.Module):
+    """Decoder-only Transformer++ LM. forward: (B, T) ids -> (B, T, vocab) logits."""
+
+    def __init__(self, config: TransformerPPConfig):
+        super().__init__()
+        self.config = c = config.validate()
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.blocks = nn.ModuleList(TransformerPPBlock(c) for _ in range(c.n_layers))
+        self.norm = nn.RMSNorm(c.d_model, eps=1e-6)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        for block in self.blocks:  # residual branches scaled down with depth (GPT-2)
+            nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * c.n_layers))
+            nn.init.normal_(block.ffn.down.weight, std=0.02 / math.sqrt(2 * c.n_layers))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        if T > self.config.max_len:
+            raise ValueError(
+                f"sequence length {T} exceeds max_len={self.config.max_len}; build the model with a larger max_len"
+            )
+        cos, sin = rope_angles(T, self.config.d_model // self.config.n_heads, self.config.rope_base, input_ids.device)
+        x = self.tok_emb(input_ids)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.head(self.norm(x))  # (B, T, vocab)

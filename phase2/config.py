@@ -2,30 +2,32 @@
 
     config = get_phase2_preset("base")
     config = Phase2Config(vocab_size=1000, d_model=128, n_layers=2, base_decay=0.02, hebbian_eta=0.15)
-    config = Phase2Config.from_phase1(transformer_lm_config)   # same width/depth as the baseline
+    config = Phase2Config.from_transformer(transformer_lm_config)   # same width/depth as the baseline
     Phase2Config.from_dict(config.to_dict()) == config
 
 Every field changes the model except the implementation choices that must not change its outputs
-(chunk_size, use_triton_bk, triton_block_size) and the metadata fields (target_vram_gb,
-target_speedup_triton); tests/phase2/test_config.py flips each one to hold that true.
+(chunk_size, ops_impl, triton_block_size); tests/phase2/test_config.py flips each one to hold that true.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from phase2.baseline import ACTIVATIONS, TransformerLMConfig
+from phase2.baseline import TransformerLMConfig
+from phase2.layers import ACTIVATIONS
+from phase2.ops.impls import check_impl
 
 
 @dataclass
 class Phase2Config:
-    # --- Phase 1 compatibility: the baseline Transformer LM the copied weights come from (or None). When
-    # set, the copied modules keep its behaviour: the FFN uses its activation and the token embedding its
-    # sqrt(d_model) scale, so they compute in Phase 2 what they computed in Phase 1.
-    phase1_config: TransformerLMConfig | None = None
+    # --- Conversion: the baseline Transformer LM the copied weights come from (phase2/convert.py), or None.
+    # When set, the copied modules keep its behaviour: the FFN uses its activation and the token embedding
+    # its sqrt(d_model) scale, so they compute in Phase 2 what they computed in the Transformer.
+    transformer_config: TransformerLMConfig | None = None
 
-    # --- BK-Core (phase2/ops/bk_core): implementation choices, outputs do not depend on them
-    use_triton_bk: bool = True  # Triton kernels on CUDA (and under TRITON_INTERPRET=1); False: PyTorch loop
+    # --- Implementation choices of the ops (phase2/ops), outputs do not depend on them
+    ops_impl: str = "auto"  # BK-Core, Hebbian memory and gate scan: "auto" (Triton on CUDA, or under
+    # TRITON_INTERPRET=1, where the kernels take the shapes; else PyTorch), "torch", or "triton" (kernels or an error)
     triton_block_size: int = 256  # least time steps one BK-Core Triton program scans before its chunk
     # maps are combined (the kernel splits long chains into chunks of at least this many steps)
 
@@ -61,7 +63,7 @@ class Phase2Config:
     d_model: int = 512
     n_layers: int = 6
     n_seq: int = 1024  # longest sequence (positions of the table), streaming included
-    ffn_dim: int | None = None  # None: 4 * d_model (or the Phase 1 FFN's width when phase1_config is set)
+    ffn_dim: int | None = None  # None: 4 * d_model (or the Transformer's FFN width when transformer_config is set)
     dropout: float = 0.1
     tie_embeddings: bool = True  # output head shares the token embedding matrix
 
@@ -72,23 +74,19 @@ class Phase2Config:
     gamma_adjust_rate: float = 0.01  # Lyapunov remedy: when ||S||_F^2 rose over the last gate interval,
     # Gamma is multiplied by (1 + rate); when it fell, relaxed by (1 - rate) down to the learned Gamma
 
-    # --- Performance targets (documentation only: the model does not read them)
-    target_vram_gb: float = 8.0
-    target_speedup_triton: float = 3.0
-
     def __post_init__(self):
-        if isinstance(self.phase1_config, dict):
-            self.phase1_config = TransformerLMConfig.from_dict(self.phase1_config)
+        if isinstance(self.transformer_config, dict):
+            self.transformer_config = TransformerLMConfig.from_dict(self.transformer_config)
 
     @property
     def resolved_ffn_dim(self) -> int:
         if self.ffn_dim is not None:
             return self.ffn_dim
-        return self.phase1_config.ffn_dim if self.phase1_config is not None else 4 * self.d_model
+        return self.transformer_config.ffn_dim if self.transformer_config is not None else 4 * self.d_model
 
     @property
     def ffn_activation(self) -> str:
-        return self.phase1_config.activation if self.phase1_config is not None else "gelu"
+        return self.transformer_config.activation if self.transformer_config is not None else "gelu"
 
     def validate(self) -> Phase2Config:
         """Raise ValueError naming the first bad field; returns self so calls chain."""
@@ -106,14 +104,7 @@ class Phase2Config:
             _positive_int(self, name)
         if self.ffn_dim is not None:
             _positive_int(self, "ffn_dim")
-        for name in (
-            "base_decay",
-            "hebbian_eta",
-            "hebbian_dt",
-            "snr_threshold",
-            "target_vram_gb",
-            "target_speedup_triton",
-        ):
+        for name in ("base_decay", "hebbian_eta", "hebbian_dt", "snr_threshold"):
             _positive(self, name)
         for name in ("snr_gamma_boost", "snr_eta_boost"):
             if _number(self, name) < 1.0:
@@ -134,28 +125,28 @@ class Phase2Config:
             "resonance_enabled",
             "use_zeta_init",
             "zeta_embedding_trainable",
-            "use_triton_bk",
             "tie_embeddings",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Phase2Config.{name}={getattr(self, name)!r}: must be True or False")
-        p1 = self.phase1_config
-        if p1 is not None:
-            if not isinstance(p1, TransformerLMConfig):
+        check_impl("Phase2Config.ops_impl", self.ops_impl)
+        tf = self.transformer_config
+        if tf is not None:
+            if not isinstance(tf, TransformerLMConfig):
                 raise ValueError(
-                    f"Phase2Config.phase1_config has type {type(p1).__name__}; pass a "
+                    f"Phase2Config.transformer_config has type {type(tf).__name__}; pass a "
                     "TransformerLMConfig (phase2.baseline), its dict, or None"
                 )
-            p1.validate()
+            tf.validate()
             for name in ("vocab_size", "d_model"):
-                if getattr(p1, name) != getattr(self, name):
+                if getattr(tf, name) != getattr(self, name):
                     raise ValueError(
-                        f"Phase2Config.phase1_config.{name}={getattr(p1, name)} differs from "
+                        f"Phase2Config.transformer_config.{name}={getattr(tf, name)} differs from "
                         f"{name}={getattr(self, name)}: weights could not be copied; use "
-                        "Phase2Config.from_phase1(phase1_config)"
+                        "Phase2Config.from_transformer(transformer_config)"
                     )
-            if p1.activation not in ACTIVATIONS:
-                raise ValueError(f"Phase2Config.phase1_config.activation={p1.activation!r} is unknown")
+            if tf.activation not in ACTIVATIONS:
+                raise ValueError(f"Phase2Config.transformer_config.activation={tf.activation!r} is unknown")
         return self
 
     def to_dict(self) -> dict:
@@ -167,19 +158,19 @@ class Phase2Config:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Phase2Config: unknown fields {unknown}; known fields: {sorted(known)}")
+            raise ValueError(f"{_unknown_fields(unknown)}; known fields: {sorted(known)}")
         return cls(**d).validate()
 
     @classmethod
-    def from_phase1(cls, baseline_config: TransformerLMConfig, **overrides) -> Phase2Config:
-        """The Phase 2 model of the baseline's width, depth, vocabulary and length, heads of the same size."""
-        if isinstance(baseline_config, dict):
-            baseline_config = TransformerLMConfig.from_dict(baseline_config)
-        if not isinstance(baseline_config, TransformerLMConfig):
-            raise ValueError(f"from_phase1 needs a TransformerLMConfig, got {type(baseline_config).__name__}")
-        b = baseline_config.validate()
+    def from_transformer(cls, transformer_config: TransformerLMConfig, **overrides) -> Phase2Config:
+        """The Phase 2 model of the Transformer's width, depth, vocabulary and length, heads of the same size."""
+        if isinstance(transformer_config, dict):
+            transformer_config = TransformerLMConfig.from_dict(transformer_config)
+        if not isinstance(transformer_config, TransformerLMConfig):
+            raise ValueError(f"from_transformer needs a TransformerLMConfig, got {type(transformer_config).__name__}")
+        b = transformer_config.validate()
         base = dict(
-            phase1_config=b,
+            transformer_config=b,
             vocab_size=b.vocab_size,
             d_model=b.d_model,
             n_layers=b.n_layers,
@@ -196,8 +187,17 @@ class Phase2Config:
     def replace(self, **overrides) -> Phase2Config:
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})
         if unknown:
-            raise ValueError(f"Phase2Config: unknown fields {unknown}")
+            raise ValueError(_unknown_fields(unknown))
         return replace(self, **overrides)
+
+
+# fields renamed: an old name in a config or a checkpoint's overrides is refused with what to write instead
+RENAMED_FIELDS = {"use_triton_bk": "ops_impl = 'auto' | 'torch' | 'triton' (use_triton_bk=false: ops_impl='torch')"}
+
+
+def _unknown_fields(unknown: list[str]) -> str:
+    renamed = "".join(f"; {old} is now {RENAMED_FIELDS[old]}" for old in unknown if old in RENAMED_FIELDS)
+    return f"Phase2Config: unknown fields {unknown}{renamed}"
 
 
 def _number(cfg, name):
@@ -218,7 +218,7 @@ def _positive_int(cfg, name):
         raise ValueError(f"Phase2Config.{name}={value!r}: must be a positive integer")
 
 
-# Seed 003's presets (heads x head_dim = d_model) and a CPU-sized one for tests and smoke runs.
+# Three sizes (heads x head_dim = d_model, heads of 64) and a CPU-sized one for tests and smoke runs.
 PRESETS: dict[str, dict] = {
     "debug": dict(
         vocab_size=256,
@@ -231,11 +231,10 @@ PRESETS: dict[str, dict] = {
         dropout=0.0,
         chunk_size=16,
         gate_interval=32,
-        target_vram_gb=1.0,
     ),
-    "small": dict(d_model=256, n_layers=4, n_seq=512, num_heads=4, head_dim=64, target_vram_gb=4.0),
-    "base": dict(d_model=512, n_layers=6, n_seq=1024, num_heads=8, head_dim=64, target_vram_gb=8.0),
-    "large": dict(d_model=1024, n_layers=12, n_seq=2048, num_heads=16, head_dim=64, target_vram_gb=16.0),
+    "small": dict(d_model=256, n_layers=4, n_seq=512, num_heads=4, head_dim=64),
+    "base": dict(d_model=512, n_layers=6, n_seq=1024, num_heads=8, head_dim=64),
+    "large": dict(d_model=1024, n_layers=12, n_seq=2048, num_heads=16, head_dim=64),
 }
 
 

@@ -1,4 +1,4 @@
-"""Seed 002's copy task: reproduce a random digit string of random length (Noam schedule, no label smoothing).
+"""The original code's copy task: reproduce a random digit string of random length (Noam schedule, no label smoothing).
 
 Encoder-decoder, exactly as the seed: src = the string padded with 0, tgt = <sos> string <eos> padded;
 teacher forcing, CrossEntropy(ignore_index=0, label_smoothing=0), Adam(betas 0.9/0.98, eps 1e-9) under the
@@ -33,12 +33,12 @@ PAD = 0
 
 @dataclass
 class CopyTaskConfig:
-    num_symbols: int = 10  # data symbols 1..num_symbols; 0 pads (the seed's vocab_size is num_symbols + 1)
+    num_symbols: int = 10  # data symbols 1..num_symbols; 0 pads (the original code's vocab_size is num_symbols + 1)
     max_len: int = 10  # strings have 1..max_len symbols (variable lengths: the model must learn to stop)
     num_train: int = 0  # fixed training set size as the seed (1000); 0: a fresh random batch every step
     batch_size: int = 32
     steps: int = 1000
-    d_model: int = 128  # seed 002's encoder-decoder (ignored by train_lm_copy, which gets a model)
+    d_model: int = 128  # the original code's encoder-decoder (ignored by train_lm_copy, which gets a model)
     num_layers: int = 2
     num_heads: int = 4
     d_ff: int = 512
@@ -51,7 +51,7 @@ class CopyTaskConfig:
     eval_every: int = 0  # also score exact match every this many steps (the result's "curve"); 0: at the end only
 
     @property
-    def vocab_size(self) -> int:  # the seed's SRC_VOCAB: 0 (pad) and the symbols
+    def vocab_size(self) -> int:  # the original code's SRC_VOCAB: 0 (pad) and the symbols
         return self.num_symbols + 1
 
     @property
@@ -63,7 +63,7 @@ class CopyTaskConfig:
         return self.vocab_size + 1
 
     @property
-    def sep(self) -> int:  # decoder-only separator: the seed's <sos> id
+    def sep(self) -> int:  # decoder-only separator: the original code's <sos> id
         return self.vocab_size
 
     @property
@@ -72,18 +72,20 @@ class CopyTaskConfig:
 
 
 class CopyTaskDataset(Dataset):
-    """(src [max_len + 2], tgt [max_len + 2]) pairs, tgt = <sos> seq <eos>, 0-padded.
+    """(src [max_len + 2], tgt [max_len + 2]) pairs, tgt = <sos> seq <eos>, 0-padded; lengths min_len..max_len.
 
     `exclude`: strings (as tuples of symbols) never drawn; a draw that hits one is drawn again, length too."""
 
-    def __init__(self, num_samples: int, max_len: int, vocab_size: int, seed: int = 0, exclude=frozenset()):
-        self.num_samples, self.max_len, self.vocab_size = num_samples, max_len, vocab_size
+    def __init__(
+        self, num_samples: int, max_len: int, vocab_size: int, seed: int = 0, exclude=frozenset(), min_len: int = 1
+    ):
+        self.num_samples, self.max_len, self.vocab_size, self.min_len = num_samples, max_len, vocab_size, min_len
         gen = torch.Generator().manual_seed(seed)
         self.data = [self._sample(gen, exclude) for _ in range(num_samples)]
 
     def _sample(self, gen, exclude):
         while True:
-            seq_len = int(torch.randint(1, self.max_len + 1, (), generator=gen))
+            seq_len = int(torch.randint(self.min_len, self.max_len + 1, (), generator=gen))
             seq = torch.randint(1, self.vocab_size, (seq_len,), generator=gen)
             if tuple(seq.tolist()) not in exclude:
                 break
@@ -107,12 +109,22 @@ def collate_fn(batch):
 
 # The evaluation strings come from their own generator stream, far from the training streams (seed + 1 + step),
 # and training never draws one of them: with short strings many would otherwise recur in training by chance.
+# They are drawn only from lengths with at least EVAL_MIN_STRINGS possible strings, so that holding them out
+# removes a few per cent of a length's strings, never a whole length (digits: all ten strings of length 1).
 EVAL_STREAM = 1 << 40
+EVAL_MIN_STRINGS = 1000
+
+
+def eval_min_len(cfg: CopyTaskConfig) -> int:
+    return next(n for n in range(1, cfg.max_len + 1) if cfg.num_symbols**n >= EVAL_MIN_STRINGS or n == cfg.max_len)
 
 
 def eval_set(cfg: CopyTaskConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out (src, tgt) strings every model is scored on."""
-    return collate_fn(CopyTaskDataset(cfg.eval_samples, cfg.max_len, cfg.vocab_size, seed=EVAL_STREAM + cfg.seed).data)
+    data = CopyTaskDataset(
+        cfg.eval_samples, cfg.max_len, cfg.vocab_size, seed=EVAL_STREAM + cfg.seed, min_len=eval_min_len(cfg)
+    )
+    return collate_fn(data.data)
 
 
 def held_out_strings(cfg: CopyTaskConfig) -> frozenset[tuple[int, ...]]:
@@ -149,7 +161,8 @@ def _noam_adam(model: nn.Module, cfg: CopyTaskConfig, d_model: int):
 
 
 def _train(model, cfg, d_model, loss_fn, device, score):
-    """Shared loop: returns (mean loss over the last 50 steps, steps taken, seconds, [(step, exact match)])."""
+    """Shared loop and scoring: exact match at the end, the mean loss over the last 50 steps, the steps taken,
+    the seconds, and the curve [(step, exact match)] (every eval_every steps and at the end)."""
     opt, sched = _noam_adam(model, cfg, d_model)
     batches = _batches(cfg, cfg.seed + 1)
     losses, curve, start, steps = [], [], time.perf_counter(), 0
@@ -168,13 +181,19 @@ def _train(model, cfg, d_model, loss_fn, device, score):
             model.train()
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             break
-    tail = torch.stack(losses[-50:]).mean().item()
-    return tail, steps, time.perf_counter() - start, curve
+    seconds, final = time.perf_counter() - start, score()
+    return {
+        "exact_match": final,
+        "loss": torch.stack(losses[-50:]).mean().item(),
+        "steps": steps,
+        "train_seconds": seconds,
+        "curve": curve + [(steps, final)],
+    }
 
 
 # ------------------------------------------------------------------------------------ encoder-decoder
 def build_seq2seq(cfg: CopyTaskConfig) -> Transformer:
-    """Seed 002's model and Xavier initialisation for this task's vocabulary."""
+    """The original code's model and Xavier initialisation for this task's vocabulary."""
     torch.manual_seed(cfg.seed)
     model = Transformer(
         cfg.vocab_size,
@@ -214,18 +233,8 @@ def train_seq2seq_copy(cfg: CopyTaskConfig, device="cpu") -> dict:
         out = model(src, tgt_in, src_mask, tgt_mask)
         return criterion(out.reshape(-1, out.size(-1)), tgt_out.reshape(-1))
 
-    loss, steps, seconds, curve = _train(
-        model, cfg, cfg.d_model, loss_fn, device, lambda: seq2seq_exact_match(model, cfg, device)
-    )
-    final = seq2seq_exact_match(model, cfg, device)
-    return {
-        "exact_match": final,
-        "loss": loss,
-        "steps": steps,
-        "train_seconds": seconds,
-        "curve": curve + [(steps, final)],
-        "model": model,
-    }
+    result = _train(model, cfg, cfg.d_model, loss_fn, device, lambda: seq2seq_exact_match(model, cfg, device))
+    return {**result, "model": model}
 
 
 # ---------------------------------------------------------------------------------------- decoder-only
@@ -273,14 +282,4 @@ def train_lm_copy(model: nn.Module, cfg: CopyTaskConfig, device="cpu", d_model: 
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
 
-    loss, steps, seconds, curve = _train(
-        model, cfg, d_model, loss_fn, device, lambda: lm_exact_match(model, cfg, device)
-    )
-    final = lm_exact_match(model, cfg, device)
-    return {
-        "exact_match": final,
-        "loss": loss,
-        "steps": steps,
-        "train_seconds": seconds,
-        "curve": curve + [(steps, final)],
-    }
+    return _train(model, cfg, d_model, loss_fn, device, lambda: lm_exact_match(model, cfg, device))

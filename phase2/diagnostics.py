@@ -1,6 +1,6 @@
 """What a trained Phase 2 model does on real text: Gamma per layer along a sequence, the memory's resonance
 energy per mode, and its stability (fast-weight energy and its rate of change), as PNGs and
-comprehensive_report.json (seed 001's report).
+comprehensive_report.json.
 
     python -m phase2.diagnostics CKPT --out diagnostics/          # built-in corpus, validation split
     python -m phase2.diagnostics CKPT --text notes.txt --tokens 1024 --out diagnostics/

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from common.checkpoint import CheckpointError, load_checkpoint
-from phase2.modeling import build_model
+from phase2.factory import build_model
 from phase2.tokenizer import tokenizer_from_json
 
 KIND = "phase2"

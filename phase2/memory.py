@@ -82,7 +82,7 @@ class HebbianMemory(nn.Module):
         self.rho = nn.Parameter(torch.full((H,), 0.5)) if cfg.resonance_enabled else None
         self.register_buffer("modes", zeta_mode_basis(K).float(), persistent=False)  # (K, K) columns u_j
         self.mode = "auto"  # "chunk", "recurrent", or "auto": the recurrence for single-token calls
-        self.impl = "auto"  # kernels: "triton" (CUDA or the interpreter, fitting shapes), "torch", or "auto"
+        self.impl = cfg.ops_impl  # "auto" | "torch" | "triton" (phase2/ops/impls.py)
 
     def forward(self, h: torch.Tensor, gamma: torch.Tensor, pos0: int, st: MemoryState | None, want_diag: bool = False):
         """h (B, T, D), gamma (B, T, H) raw forgetting rate -> o (B, T, H*V), gated gamma (B, T, H), state, diag."""

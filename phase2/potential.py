@@ -58,14 +58,14 @@ class NonHermitianPotential(nn.Module):
 class BKCoreFeatures(nn.Module):
     """(V, Gamma) per chain -> g = bk_core(V - i Gamma, softplus(kappa), E + i eta), complex (B, T, H, K)."""
 
-    def __init__(self, num_heads: int, head_dim: int, zeta: bool, use_triton: bool, block_size: int):
+    def __init__(self, num_heads: int, head_dim: int, zeta: bool, impl: str, block_size: int):
         super().__init__()
         n = num_heads * head_dim
         energies = zeta_energies(n) if zeta else torch.linspace(-math.sqrt(3), math.sqrt(3), n, dtype=torch.float64)
         self.energy = nn.Parameter(energies.float().view(num_heads, head_dim))
         self.eta_raw = nn.Parameter(torch.full((num_heads, head_dim), float(_inv_softplus(torch.tensor(0.9)))))
         self.kappa = nn.Parameter(torch.full((num_heads, head_dim), float(_inv_softplus(torch.tensor(0.5)))))
-        self.impl = "auto" if use_triton else "naive"
+        self.impl = impl  # "auto" | "torch" | "triton" (phase2/ops/impls.py)
         self.block_size = block_size
 
     def z(self) -> torch.Tensor:

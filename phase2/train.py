@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from common import config as configs
-from common import runtime
-from common.batches import EpochBatches
-from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
-from common.loop import Loop, StepHooks, loop_config, unwrap
+from common import run, runtime
+from common.checkpoint import load_checkpoint
+from common.loop import Loop, StepHooks, unwrap
 from common.optim import CautiousAdam
-from common.schedulers import build_scheduler
-from common.tracking import create_logger
+from common.run import RunParts
+from phase2.bk_core_lm import diagnostics_scalars
 from phase2.data import TokenWindows, load_splits
-from phase2.modeling import build_model, diagnostics_scalars
+from phase2.factory import build_model
 from phase2.tokenizer import build_tokenizer, encode_documents, tokenizer_from_json
 
 KIND = "phase2"
@@ -47,17 +47,6 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
     if cfg.name == "cautious_adam":
         return CautiousAdam(groups, lr=cfg.lr, betas=betas)
     raise ValueError(f"optim.name={cfg.name!r} is not one of: adamw, adam, cautious_adam")
-
-
-def build_schedule(optimizer, cfg: DictConfig, total_steps: int, d_model: int):
-    return build_scheduler(
-        optimizer,
-        cfg.schedule,
-        total_steps=total_steps,
-        warmup_steps=cfg.warmup_steps,
-        min_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0,
-        d_model=d_model,
-    )
 
 
 class LanguageModelHooks(StepHooks):
@@ -150,18 +139,17 @@ def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
     return tokenizer, streams, bytes_per_token
 
 
-def write_history(
-    path: Path, history: list[dict[str, float]], epoch: int, global_step: int, best_val_loss: float
-) -> None:
-    """training_history.json with the seed's fields, filled from the logged points."""
+def write_history(loop: Loop, folder: Path) -> None:
+    """training_history.json with the original code's fields, filled from the logged points (the run's after_fit)."""
+    history = loop.state.history
 
     def series(key: str) -> list[float]:
         return [p[key] for p in history if key in p]
 
     record = {
-        "epoch": epoch,
-        "global_step": global_step,
-        "best_val_loss": best_val_loss,
+        "epoch": loop.epoch,
+        "global_step": loop.state.global_step,
+        "best_val_loss": loop.state.best_val_loss,
         "train_losses": series("train/loss"),
         "val_losses": series("val/loss"),
         "gamma_history": series("train/diag/gamma_mean"),
@@ -170,84 +158,48 @@ def write_history(
         "stability_history": series("train/diag/lyapunov_stable_ratio"),
         "steps": [p["step"] for p in history],
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    (folder / "training_history.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
+    """Text, tokenizer, the model, its optimizer and the next-token step; common.run.execute does the rest.
+
+    A resumed run takes its tokenizer from the checkpoint, so the token ids mean what they meant."""
+    tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, seq_len=cfg.seq_len).to(device)
+    if cfg.init_from and not resumed:
+        model.load_state_dict(load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"])
+    hooks = partial(
+        LanguageModelHooks,
+        device=device,
+        precision=cfg.precision,
+        val_windows=TokenWindows(streams["val"], cfg.seq_len, random_offset=False),
+        bytes_per_token=bytes_per_token,
+        eval_batches=cfg.eval.max_batches,
+        batch_size=cfg.batch_size,
+        diagnostics_every=cfg.diagnostics_every,
+        tokenizer_json=tokenizer.to_json(),
+    )
+    tags = {
+        "model": _model_name(cfg.model),
+        "tokenizer": tokenizer.kind,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return RunParts(
+        model=model,
+        optimizer=build_optimizer(model, cfg.optim),
+        hooks=hooks,
+        train_set=TokenWindows(streams["train"], cfg.seq_len),
+        batch_size=cfg.batch_size,
+        tags=tags,
+        d_model=model.config.d_model,
+        after_fit=write_history,
+    )
 
 
 def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train per `cfg` (see experiments/phase2/train.yaml); returns the final metrics."""
-    loop_cfg = loop_config(cfg.loop)  # a bad loop option is refused before anything is created
-    dist = runtime.init_distributed()
-    runtime.seed_everything(cfg.seed + dist.rank)
-    device = runtime.pick_device(cfg.device)
-    resume_from = resolve_resume(cfg.resume)
-    resumed = load_checkpoint(resume_from, kind=KIND) if resume_from else None
-    tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)
-
-    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, seq_len=cfg.seq_len).to(device)
-    if cfg.init_from and not resumed:
-        unwrap(model).load_state_dict(load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"])
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
-        )
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_schedule(optimizer, cfg.optim, cfg.loop.max_steps, unwrap(model).config.d_model)
-    batches = EpochBatches(
-        TokenWindows(streams["train"], cfg.seq_len),
-        cfg.batch_size,
-        seed=cfg.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
-    hooks = LanguageModelHooks(
-        model,
-        optimizer,
-        device,
-        cfg.precision,
-        TokenWindows(streams["val"], cfg.seq_len, random_offset=False),
-        bytes_per_token,
-        cfg.eval.max_batches,
-        cfg.batch_size,
-        cfg.diagnostics_every,
-        tokenizer.to_json(),
-    )
-
-    logger = create_logger(cfg.logger, run_id=(resumed or {}).get("mlflow_run_id") or None, is_main=dist.is_main)
-    folder = configs.run_dir(cfg)
-    checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
-    plain = configs.to_plain(cfg)
-    loop = Loop(
-        loop_cfg,
-        hooks,
-        batches,
-        scheduler,
-        logger,
-        checkpoints,
-        config=plain,
-        kind=KIND,
-        is_main=dist.is_main,
-        on_log=on_log,
-    )
-    tags = {
-        "phase": KIND,
-        "model": _model_name(cfg.model),
-        "tokenizer": tokenizer.kind,
-        "run_dir": folder,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    try:
-        summary = loop.fit(resume_from, tags=tags, run_dir=folder)
-    finally:
-        runtime.shutdown_distributed()
-    if dist.is_main:
-        write_history(
-            folder / "training_history.json",
-            loop.state.history,
-            loop._epoch(),
-            loop.state.global_step,
-            loop.state.best_val_loss,
-        )
-    return summary
+    return run.execute(cfg, KIND, build_parts, on_log)
 
 
 def _model_name(cfg_model: DictConfig) -> str:

@@ -113,6 +113,9 @@ def requeue(study, params: dict, system_attrs: dict, retry_of: int) -> None:
     """Queue `params` again as a new trial of the study."""
     from optuna.trial import TrialState
 
+    params = params or _grid_point(study, system_attrs)
+    if not params:  # killed before it chose any: the sampler draws for the next trial as for any other
+        return
     study.enqueue_trial(params, user_attrs={"retry_of": retry_of}, skip_if_exists=False)
     # GridSampler does not give queued trials a grid point of their own; carry the old trial's over, or the
     # sampler cannot tell which point the retry covers.
@@ -120,6 +123,17 @@ def requeue(study, params: dict, system_attrs: dict, retry_of: int) -> None:
     for key in ("grid_id", "search_space"):
         if key in system_attrs:
             study._storage.set_trial_system_attr(retry._trial_id, key, system_attrs[key])
+
+
+def _grid_point(study, system_attrs: dict) -> dict:
+    """The parameters of a grid trial killed before it suggested them, from the grid point it was given:
+    without them the point would count as visited (failed) and never run."""
+    from optuna.samplers import GridSampler
+
+    if not isinstance(study.sampler, GridSampler) or "grid_id" not in system_attrs:
+        return {}
+    sampler = study.sampler
+    return dict(zip(sampler._param_names, sampler._all_grids[system_attrs["grid_id"]]))
 
 
 def parent_run_id(study, spec: StudySpec, size: str) -> str | None:

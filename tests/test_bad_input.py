@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common.checkpoint import save_checkpoint
 from common import REPO_ROOT
+from common.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.xdist_group("bad_input")  # one worker, so one launcher pays the imports
 

@@ -98,7 +98,7 @@ def test_phase2_flag_map_row(row, capsys, monkeypatch):
 
 
 def test_all_phase1_rows_together(capsys, monkeypatch):
-    """The seed's full Balanced command line, every flag at once (lone group selections left out)."""
+    """The original code's full Balanced command line, every flag at once (lone group selections left out)."""
     overrides = [o for row in PHASE1_ROWS for o in row.split()]
     assert_holds(run_cli("phase1.train", overrides, capsys, monkeypatch), overrides)
 

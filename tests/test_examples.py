@@ -1,4 +1,4 @@
-"""Every script in examples/ runs against the current API (seed 001's usage examples)."""
+"""Every script in examples/ runs against the current API (the original code's usage examples)."""
 
 import subprocess
 import sys

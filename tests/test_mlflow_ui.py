@@ -56,7 +56,7 @@ def _chromium(*args: str) -> str:
     return out.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it when run as root)")
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test-deps` installs it, as root)")
 def test_mlflow_ui_shows_experiment_run_and_metrics(mlflow_store, tmp_path):
     logger = MLflowLogger("phase1", run_name="ui-check-run", tags={"phase": "phase1"})
     logger.log_params({"optim": {"name": "balanced"}, "lmbda": 0.013})

@@ -41,7 +41,7 @@ same, global losses: common.runtime.globalize(stack([D, R])) has the all-reduced
 local gradient (phase1.train does this for the weighted loss and for the second forward), so FAMO weights and
 updates identically on every rank in both variants while DDP averages the gradients.
 
-The seed's call form still works: backward_with_task_balancing(task_losses, params), step(task_losses=...),
+The original code's call form still works: backward_with_task_balancing(task_losses, params), step(task_losses=...),
 update_task_weights(new_task_losses).
 """
 
@@ -169,7 +169,7 @@ class Balanced(CautiousAdam):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None, task_losses: torch.Tensor | None = None):
-        """Cautious Adam step. task_losses (optional, the seed's call form): the losses this step's
+        """Cautious Adam step. task_losses (optional, the original code's call form): the losses this step's
         gradient came from; they become the starting point of the next task-weight update."""
         loss = None
         if closure is not None:

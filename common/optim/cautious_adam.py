@@ -15,10 +15,11 @@ Cautious Optimizers paper's factor numel / (sum(mask) + 1) instead (mask_scale_m
 `cautious=False` drops the mask: the step is then exactly AdamW's (an ablation switch). Sparse and
 complex gradients are refused with a ValueError.
 
-Two implementations, chosen by `impl` ("auto" picks "fused" where it applies, else "loop"), give the same
-numbers up to float32 rounding (tests/common/test_optim_cautious_adam.py compares them):
-- "loop": one tensor at a time with PyTorch ops; any device and dtype; the reference.
-- "fused": two Triton kernels over all float32 tensors of a group (moments + per-tensor mask count,
+Two implementations, chosen by `impl` ("auto" picks "triton" where it applies, else "torch"; the same
+vocabulary as the phase2 ops), give the same numbers up to float32 rounding
+(tests/common/test_optim_cautious_adam.py compares them):
+- "torch": one tensor at a time with PyTorch ops; any device and dtype; the reference.
+- "triton": two Triton kernels over all float32 tensors of a group (moments + per-tensor mask count,
   then the masked update): per element it reads/writes 10 floats, AdamW(foreach=True) about 18.
   Used by default ("auto") for contiguous float32 CUDA tensors; runs on the CPU under TRITON_INTERPRET=1.
 """
@@ -39,7 +40,8 @@ except ImportError:
     triton = tl = None
 
 MASK_SCALINGS = ("balanced_rd", "paper")
-IMPLS = ("auto", "loop", "fused")
+IMPLS = ("auto", "torch", "triton")
+_RENAMED = {"loop": "torch", "fused": "triton"}  # the spellings before IMPLS
 _BLOCK = 1024  # elements per Triton program; each program belongs to exactly one tensor
 
 
@@ -70,7 +72,8 @@ class CautiousAdam(torch.optim.Optimizer):
         if mask_scaling not in MASK_SCALINGS:
             raise ValueError(f"mask_scaling={mask_scaling!r}: choose one of {MASK_SCALINGS}")
         if impl not in IMPLS:
-            raise ValueError(f"impl={impl!r}: choose one of {IMPLS}")
+            renamed = f" ({impl!r} is now {_RENAMED[impl]!r})" if isinstance(impl, str) and impl in _RENAMED else ""
+            raise ValueError(f"impl={impl!r}{renamed}: choose one of {IMPLS}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -109,7 +112,7 @@ class CautiousAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 params.append(p)
                 states.append(state)
-            if not params or (self.impl != "loop" and self._fused_step(gi, group, params, states)):
+            if not params or (self.impl != "torch" and self._fused_step(gi, group, params, states)):
                 continue
             for p, s in zip(params, states):
                 _loop_update(p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], group)
@@ -120,10 +123,10 @@ class CautiousAdam(torch.optim.Optimizer):
         ptrs = tuple(x.data_ptr() for x in tensors)  # (4N,): same as last step -> same tensors, checked then
         if self._fused_cache.get(("checked", gi)) != ptrs:
             if not _fused_supported(tensors, self.impl):
-                if self.impl == "fused":
+                if self.impl == "triton":
                     raise ValueError(
-                        "impl='fused' needs contiguous float32 parameters and gradients on one CUDA "
-                        "device (or TRITON_INTERPRET=1 on the CPU); impl='auto' falls back to the loop"
+                        "impl='triton' needs contiguous float32 parameters and gradients on one CUDA "
+                        "device (or TRITON_INTERPRET=1 on the CPU); impl='auto' falls back to impl='torch'"
                     )
                 return False
             self._fused_cache[("checked", gi)] = ptrs
@@ -189,12 +192,18 @@ def _loop_update(p, g, m, v, t: int, group: dict) -> None:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Triton's own reading of TRITON_INTERPRET, as phase2/ops/impls.py:triton_interpreting reads it."""
+    if triton is None:
+        return False
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:  # Triton before its knobs module (3.4) compared the variable with "1"
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return bool(knobs.runtime.interpret)
 
 
 def _fused_supported(tensors: list[torch.Tensor], impl: str) -> bool:
     dev = tensors[0].device
-    if triton is None or not (dev.type == "cuda" or (impl == "fused" and dev.type == "cpu" and _interpreting())):
+    if triton is None or not (dev.type == "cuda" or (impl == "triton" and dev.type == "cpu" and _interpreting())):
         return False
     return all(
         x.dtype == torch.float32 and x.device == dev and x.is_contiguous() and x.numel() < 2**31 - _BLOCK

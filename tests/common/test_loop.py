@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from common.batches import EpochBatches
-from common.checkpoint import CheckpointManager
+from common.checkpoint import CheckpointManager, load_checkpoint
 from common.loop import Loop, LoopConfig, NonFiniteLossError, StepHooks
 from common.runtime import seed_everything
 from common.schedulers import build_scheduler
@@ -68,7 +68,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     first, first_hooks = _make(tmp_path / "b", max_steps=5)
     first.run()  # the last step saves a checkpoint (end of run)
     second, second_hooks = _make(tmp_path / "c", max_steps=12)
-    second.resume(tmp_path / "b" / "ckpt" / "last.pt")
+    second.resume(load_checkpoint(tmp_path / "b" / "ckpt" / "last.pt", kind="test"))
     assert second.state.global_step == 5
     second.run()
 

@@ -1,5 +1,5 @@
 """Balanced = Cautious Adam + FAMO: balancing on a toy problem, both task-weight update variants,
-RNG replay of the second forward, determinism, checkpoints, and the seed's call form."""
+RNG replay of the second forward, determinism, checkpoints, and the original code's call form."""
 
 from __future__ import annotations
 
@@ -185,14 +185,14 @@ def test_checkpoint_restores_task_weights_and_continues_identically(tmp_path, mo
     assert torch.equal(opt.famo.w, opt2.famo.w) and torch.equal(opt.famo.exp_avg, opt2.famo.exp_avg)
     assert opt2.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**4)
 
-    opt.save_state(tmp_path / "balanced.pt")  # the seed's save_state/load_state
+    opt.save_state(tmp_path / "balanced.pt")  # the original code's save_state/load_state
     opt3 = Balanced(NoisyModel().parameters(), task_weight_update=mode)
     opt3.load_state(tmp_path / "balanced.pt")
     assert torch.equal(opt3.famo.exp_avg_sq, opt.famo.exp_avg_sq)
 
 
 def test_seed_call_form():
-    """The seed's four steps: backward_with_task_balancing, step(task_losses=...), update_task_weights."""
+    """The original code's four steps: backward_with_task_balancing, step(task_losses=...), update_task_weights."""
     torch.manual_seed(0)
     model = nn.Linear(4, 4)
     opt = Balanced(model.parameters(), n_tasks=2, lr=1e-2, gamma=0.003, w_lr=0.025)

@@ -42,7 +42,7 @@ def test_matches_formula_50_steps_with_weight_decay_and_scheduler(scaling, scale
         {"params": params[:2], "lr": 3e-2, "weight_decay": 0.1},
         {"params": params[2:], "lr": 1e-2, "weight_decay": 0.0},
     ]
-    opt = CautiousAdam(groups, betas=(b1, b2), eps=eps, mask_scale_max=scale_max, mask_scaling=scaling, impl="loop")
+    opt = CautiousAdam(groups, betas=(b1, b2), eps=eps, mask_scale_max=scale_max, mask_scaling=scaling, impl="torch")
     decay = lambda k: 0.5 * (1 + math.cos(math.pi * k / 50))  # noqa: E731 (cosine LR, written here)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
@@ -86,7 +86,7 @@ def test_cautious_off_equals_adamw():
     gen = torch.Generator().manual_seed(1)
     a = [torch.randn(s, generator=gen, requires_grad=True) for s in SHAPES]
     b = [p.detach().clone().requires_grad_() for p in a]
-    ours = CautiousAdam(a, lr=1e-2, weight_decay=0.05, cautious=False, impl="loop")
+    ours = CautiousAdam(a, lr=1e-2, weight_decay=0.05, cautious=False, impl="torch")
     theirs = torch.optim.AdamW(b, lr=1e-2, weight_decay=0.05, foreach=False)
     _run_pair(ours, theirs, lambda: [torch.randn(s, generator=gen) for s in SHAPES])
     assert max((x - y).abs().max().item() for x, y in zip(a, b)) < 1e-6
@@ -98,7 +98,7 @@ def test_all_agreeing_gradients_give_adamw():
     signs = [torch.randn(s, generator=gen).sign() for s in SHAPES]
     a = [torch.randn(s, generator=gen, requires_grad=True) for s in SHAPES]
     b = [p.detach().clone().requires_grad_() for p in a]
-    ours = CautiousAdam(a, lr=1e-2, weight_decay=0.05, impl="loop")
+    ours = CautiousAdam(a, lr=1e-2, weight_decay=0.05, impl="torch")
     theirs = torch.optim.AdamW(b, lr=1e-2, weight_decay=0.05, foreach=True)
     _run_pair(ours, theirs, lambda: [s * (0.1 + torch.rand(s.shape, generator=gen)) for s in signs])
     assert max((x - y).abs().max().item() for x, y in zip(a, b)) < 1e-6
@@ -114,7 +114,7 @@ for scaling, cautious in [("balanced_rd", True), ("paper", True), ("balanced_rd"
     a = [torch.randn(s, generator=gen, requires_grad=True) for s in shapes]
     b = [p.detach().clone().requires_grad_() for p in a]
     kw = dict(lr=1e-2, weight_decay=0.1, mask_scaling=scaling, cautious=cautious)
-    loop, fused = CautiousAdam(a, impl="loop", **kw), CautiousAdam(b, impl="fused", **kw)
+    loop, fused = CautiousAdam(a, impl="torch", **kw), CautiousAdam(b, impl="triton", **kw)
     for k in range(10):
         # about a fifth of the entries exactly zero: there m * g == 0, which the mask must reject
         grads = [torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) > 0.2) for s in shapes]
@@ -169,7 +169,7 @@ def test_fused_matches_loop_on_cuda_and_is_deterministic():
             opt.step()
         return ps
 
-    loop, fused, again = run("loop"), run("auto"), run("auto")
+    loop, fused, again = run("torch"), run("auto"), run("auto")
     for x, y, z in zip(loop, fused, again):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
         assert torch.equal(y, z)
@@ -233,3 +233,18 @@ def test_sparse_and_complex_gradients_are_refused():
 def test_bad_arguments_name_the_value(kw):
     with pytest.raises(ValueError, match=str(next(iter(kw)))):
         CautiousAdam([torch.zeros(2, requires_grad=True)], **kw)
+
+
+@pytest.mark.parametrize("old,new", [("loop", "torch"), ("fused", "triton")])
+def test_old_impl_names_are_refused_with_the_new_ones(old, new):
+    with pytest.raises(ValueError, match=f"'{old}' is now '{new}'"):
+        CautiousAdam([torch.zeros(2, requires_grad=True)], impl=old)
+
+
+@pytest.mark.parametrize("value,interprets", [("1", True), ("true", True), ("on", True), ("0", False), ("", False)])
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, value, interprets):
+    pytest.importorskip("triton")
+    from common.optim import cautious_adam
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert cautious_adam._interpreting() is interprets

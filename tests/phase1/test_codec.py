@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from phase1 import codec
+from common.checkpoint import CheckpointError
+from phase1 import codec, weights
 from phase1.hpcm import build_hpcm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,11 +77,11 @@ def test_official_checkpoint_decodes_the_same_file(files, encoded, capsys):
 
 def test_load_weights_into_maps_an_official_checkpoint_for_fine_tuning(files):
     model = build_hpcm("tiny")
-    codec.load_weights_into(model, files / "official.pth.tar")
+    weights.load_weights_into(model, files / "official.pth.tar")
     last = f"g_a.branch.{len(model.g_a.branch) - 1}.weight"
     assert torch.equal(model.g_a.branch[-1].weight, _tiny_weights()[last])
-    with pytest.raises(codec.CodecError, match="does not fit hpcm_base"):
-        codec.load_weights_into(build_hpcm("hpcm_base"), files / "official.pth.tar")
+    with pytest.raises(CheckpointError, match="does not fit hpcm_base"):
+        weights.load_weights_into(build_hpcm("hpcm_base"), files / "official.pth.tar")
 
 
 def test_header_round_trip():
@@ -91,7 +92,7 @@ def test_header_round_trip():
 
 def _expect_error(capsys, args, pattern, out_file):
     rc, out, err = _run(args, capsys)
-    assert rc == 1
+    assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], err
     assert not Path(out_file).exists()  # nothing partial written
@@ -130,7 +131,7 @@ def test_other_weights_are_refused(files, encoded, capsys):
 def test_bad_checkpoints_are_one_line_errors(files, capsys):
     (files / "trunc.pt").write_bytes((files / "project.pt").read_bytes()[:1000])
     (files / "text.pt").write_text("hello")
-    for ckpt, msg in ((files / "trunc.pt", "cannot be read"), (files / "text.pt", "cannot be read"),
+    for ckpt, msg in ((files / "trunc.pt", "is truncated"), (files / "text.pt", "is truncated or not a torch"),
                       (files / "missing.pt", "does not exist")):  # fmt: skip
         out = files / "never.hpcm"
         _expect_error(capsys, ["encode", files / "img.png", out, "--checkpoint", ckpt], f"checkpoint {ckpt} {msg}", out)

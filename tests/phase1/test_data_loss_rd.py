@@ -41,7 +41,7 @@ def test_file_broken_mid_run_is_replaced_not_fatal(tmp_path):
         Image.fromarray(np.random.randint(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / name)
     ds = ImageCrops(list_images(tmp_path), patch_size=32)
     (tmp_path / "a.png").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="a.png is not a readable image"):
+    with pytest.warns(UserWarning, match="a.png cannot be read"):
         sample = ds[0]
     assert sample.shape == (3, 32, 32)
     with warnings.catch_warnings():
@@ -54,8 +54,8 @@ def test_grayscale_rgba_converted_and_16bit_refused(tmp_path):
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "rgba.png")
     Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")
     x, note = load_rgb(tmp_path / "gray.png")
-    assert x.shape == (3, 8, 8) and "L converted to RGB" in note
-    assert "alpha dropped" in load_rgb(tmp_path / "rgba.png")[1]
+    assert x.shape == (3, 8, 8) and "gray.png is grayscale" in note
+    assert "alpha channel" in load_rgb(tmp_path / "rgba.png")[1]
     with pytest.raises(ValueError, match="16-bit"):
         load_rgb(tmp_path / "deep.png")
 

@@ -1,23 +1,31 @@
-"""Seed 002's Transformer (encoder-decoder and decoder-only) and the Phase 1 -> Phase 2 conversion."""
+"""The baselines (the Transformer, encoder-decoder and decoder-only, and Transformer++) and the Transformer ->
+Phase 2 conversion."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from common.config import compose
 from phase2.baseline import (
     MultiHeadAttention,
     Transformer,
     TransformerLM,
     TransformerLMConfig,
+    TransformerPP,
+    TransformerPPConfig,
+    apply_rope,
     create_look_ahead_mask,
     create_masks,
     create_padding_mask,
     greedy_decode,
-    sinusoidal_table,
+    rope_angles,
 )
 from phase2.config import Phase2Config
-from phase2.convert import convert_phase1_to_phase2
+from phase2.convert import convert_phase1_to_phase2, convert_transformer_to_phase2
+from phase2.factory import build_model
+from phase2.layers import sinusoidal_table
 from phase2.zeta import zeta_ratios
 
 
@@ -98,7 +106,7 @@ def _baseline(**kw):
 
 def test_conversion_copies_what_it_says():
     base = _baseline()
-    model = convert_phase1_to_phase2(base)
+    model = convert_transformer_to_phase2(base)
     p1 = dict(base.named_parameters())
     p2 = dict(model.named_parameters(remove_duplicate=False))
     expected = ["tok_emb.weight", "head.weight"] + [
@@ -117,12 +125,12 @@ def test_conversion_copies_what_it_says():
     # the new parts are zeta-initialised: per-head forgetting rates base_decay * gamma_h / gamma_1
     gammas = model.get_statistics()["block_stats"][0]["gamma_per_head"]
     assert gammas == pytest.approx((model.config.base_decay * zeta_ratios(2)).tolist(), rel=1e-5)
-    assert model.config.phase1_config == base.config and model.config.ffn_activation == "relu"
+    assert model.config.transformer_config == base.config and model.config.ffn_activation == "relu"
     assert model(torch.randint(0, 40, (2, 10))).shape == (2, 10, 40)
 
 
 def test_conversion_freezes_only_the_copied_weights():
-    model = convert_phase1_to_phase2(_baseline(), freeze_phase1_weights=True)
+    model = convert_transformer_to_phase2(_baseline(), freeze_copied_weights=True)
     frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     assert frozen == set(model.conversion["copied"])
     assert any(p.requires_grad for n, p in model.named_parameters() if "memory" in n)
@@ -133,14 +141,95 @@ def test_conversion_skips_and_reports():
     cfg = Phase2Config(
         vocab_size=40, d_model=32, n_layers=3, n_seq=48, num_heads=2, head_dim=16, ffn_dim=80, tie_embeddings=True
     )
-    model = convert_phase1_to_phase2(base, cfg)
+    model = convert_transformer_to_phase2(base, cfg)
     skipped = dict(model.conversion["skipped"])
-    assert "shape (64, 32) in Phase 1" in skipped["blocks.0.ffn.fc1.weight"]
+    assert "shape (64, 32) in the Transformer" in skipped["blocks.0.ffn.fc1.weight"]
     assert "tie_embeddings" in skipped["head.weight"]
     assert "blocks.1.ln1.weight" in model.conversion["copied"]
-    none = convert_phase1_to_phase2(base, copy_compatible_weights=False)
+    none = convert_transformer_to_phase2(base, copy_compatible_weights=False)
     assert none.conversion["copied"] == []
-    with pytest.raises(ValueError, match="phase1_config.vocab_size"):
-        convert_phase1_to_phase2(base, Phase2Config(vocab_size=41, d_model=32))
+    with pytest.raises(ValueError, match="transformer_config.vocab_size"):
+        convert_transformer_to_phase2(base, Phase2Config(vocab_size=41, d_model=32))
     with pytest.raises(ValueError, match="TransformerLM"):
-        convert_phase1_to_phase2(torch.nn.Linear(2, 2))
+        convert_transformer_to_phase2(torch.nn.Linear(2, 2))
+
+
+def test_the_original_name_and_keywords_still_convert():
+    new = convert_transformer_to_phase2(_baseline(), freeze_copied_weights=True)
+    old = convert_phase1_to_phase2(_baseline(), freeze_phase1_weights=True)
+    assert old.conversion == new.conversion
+    for (name, a), b in zip(old.named_parameters(), new.parameters()):
+        assert torch.equal(a, b) and a.requires_grad == b.requires_grad, name
+
+
+# ---------------------------------------------------------------------------------------- Transformer++
+def _pp(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, d_model=32, n_layers=2, n_heads=4, ffn_dim=48, max_len=64)
+    return TransformerPP(TransformerPPConfig(**{**cfg, **kw}))
+
+
+@pytest.mark.parametrize("s", [0, 5, 11])
+def test_transformer_pp_is_causal(s):
+    model = _pp().eval()
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(1))
+    ref = model(ids)
+    ids[:, s] = (ids[:, s] + 1) % 40
+    out = model(ids)
+    assert torch.allclose(out[:, :s], ref[:, :s], atol=1e-6)  # a later token changes nothing before it
+    assert not torch.allclose(out[:, s], ref[:, s])
+    with pytest.raises(ValueError, match="max_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_rope_scores_depend_on_the_position_difference_only():
+    torch.manual_seed(0)
+    T, d = 24, 16
+    q, k = torch.randn(d).expand(T, d), torch.randn(d).expand(T, d)  # the same query and key at every position
+    cos, sin = rope_angles(T, d, 10000.0)
+    scores = apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).T  # (query position, key position)
+    for shift in (1, 5, 13):
+        assert torch.allclose(scores[shift:, shift:], scores[:-shift, :-shift], atol=1e-4)
+    assert not torch.allclose(scores[0, :-1], scores[0, 1:])  # and they do change with the difference
+    assert torch.allclose(apply_rope(q, cos, sin).norm(dim=-1), q.norm(dim=-1))  # a rotation: norms kept
+
+
+def test_transformer_pp_has_no_biases_and_no_dropout():
+    model = _pp()
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert TransformerPPConfig(d_model=256).hidden_dim == 688  # 8/3 * 256, rounded up to a multiple of 16
+    with pytest.raises(ValueError, match="odd"):
+        TransformerPPConfig(d_model=36, n_heads=4).validate()
+
+
+def test_tied_embeddings_share_storage_when_on():
+    tied, untied = _pp(tie_embeddings=True), _pp(tie_embeddings=False)
+    assert tied.head.weight.data_ptr() == tied.tok_emb.weight.data_ptr()
+    assert untied.head.weight.data_ptr() != untied.tok_emb.weight.data_ptr()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == 40 * 32
+
+
+@pytest.mark.parametrize("vocab_size", [256, 4096])
+def test_transformer_pp_yaml_matches_small_in_parameters(vocab_size):
+    def count(name):
+        model = build_model(compose("phase2", [f"model={name}"]).model, vocab_size=vocab_size, seq_len=256)
+        return sum(p.numel() for p in model.parameters())
+
+    pp, small = count("transformer_pp"), count("small")
+    assert abs(pp / small - 1) < 0.05, (pp, small)
+
+
+def test_transformer_pp_overfits_a_tiny_batch():
+    model = _pp().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, 40, (4, 17), generator=torch.Generator().manual_seed(2))
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]

@@ -1,4 +1,4 @@
-"""Phase2Config: seed fields, validation, round trips, presets, and every field wired into the model."""
+"""Phase2Config: defaults, validation, round trips, presets, and every field wired into the model."""
 
 import json
 from dataclasses import fields
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from phase2.baseline import TransformerLMConfig
+from phase2.bk_core_lm import Phase2IntegratedModel, create_phase2_model
 from phase2.config import Phase2Config, get_phase2_preset
-from phase2.model import Phase2IntegratedModel, create_phase2_model
 
-SEED_DEFAULTS = dict(
-    use_triton_bk=True,
+DEFAULTS = dict(
+    ops_impl="auto",
     triton_block_size=256,
     base_decay=0.01,
     adaptive_decay=True,
@@ -32,15 +32,13 @@ SEED_DEFAULTS = dict(
     n_seq=1024,
     ffn_dim=None,
     dropout=0.1,
-    target_vram_gb=8.0,
-    target_speedup_triton=3.0,
-    phase1_config=None,
+    transformer_config=None,
 )
 
 
-def test_seed_defaults():
+def test_defaults():
     cfg = Phase2Config()
-    for name, value in SEED_DEFAULTS.items():
+    for name, value in DEFAULTS.items():
         assert getattr(cfg, name) == value, name
     assert cfg.validate() is cfg
 
@@ -68,9 +66,9 @@ def test_seed_defaults():
         ("resonance_energy_threshold", 1.5),
         ("gamma_adjust_rate", -0.1),
         ("adaptive_decay", "yes"),
+        ("ops_impl", "naive"),
         ("tie_embeddings", 1),
-        ("target_vram_gb", 0),
-        ("phase1_config", 3),
+        ("transformer_config", 3),
     ],
 )
 def test_validate_names_the_bad_field(name, value):
@@ -78,28 +76,28 @@ def test_validate_names_the_bad_field(name, value):
         Phase2Config(**{name: value}).validate()
 
 
-def test_phase1_config_must_match_vocab_and_width():
-    with pytest.raises(ValueError, match="phase1_config.vocab_size"):
+def test_transformer_config_must_match_vocab_and_width():
+    with pytest.raises(ValueError, match="transformer_config.vocab_size"):
         Phase2Config(
-            vocab_size=100, d_model=64, phase1_config=TransformerLMConfig(vocab_size=99, d_model=64, n_heads=4)
+            vocab_size=100, d_model=64, transformer_config=TransformerLMConfig(vocab_size=99, d_model=64, n_heads=4)
         ).validate()
 
 
 def test_dict_round_trip_through_json():
     base = TransformerLMConfig(vocab_size=300, d_model=96, n_layers=3, n_heads=3, ffn_dim=200, max_len=128)
-    cfg = Phase2Config.from_phase1(base, hebbian_eta=0.2, gamma_adjust_rate=0.05)
+    cfg = Phase2Config.from_transformer(base, hebbian_eta=0.2, gamma_adjust_rate=0.05)
     back = Phase2Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert back == cfg and isinstance(back.phase1_config, TransformerLMConfig)
+    assert back == cfg and isinstance(back.transformer_config, TransformerLMConfig)
     assert Phase2Config.from_dict(Phase2Config().to_dict()) == Phase2Config()
     with pytest.raises(ValueError, match="unknown fields"):
         Phase2Config.from_dict({"d_modle": 3})
 
 
-def test_from_phase1_takes_the_baseline_shape():
+def test_from_transformer_takes_its_shape():
     base = TransformerLMConfig(
         vocab_size=300, d_model=96, n_layers=3, n_heads=3, ffn_dim=200, max_len=128, dropout=0.05
     )
-    cfg = Phase2Config.from_phase1(base)
+    cfg = Phase2Config.from_transformer(base)
     assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.resolved_ffn_dim, cfg.dropout) == (
         300,
         96,
@@ -108,13 +106,13 @@ def test_from_phase1_takes_the_baseline_shape():
         200,
         0.05,
     )
-    assert (cfg.num_heads, cfg.head_dim, cfg.phase1_config, cfg.ffn_activation) == (3, 32, base, "relu")
+    assert (cfg.num_heads, cfg.head_dim, cfg.transformer_config, cfg.ffn_activation) == (3, 32, base, "relu")
 
 
 @pytest.mark.parametrize(
     "name,d,L,T,H", [("small", 256, 4, 512, 4), ("base", 512, 6, 1024, 8), ("large", 1024, 12, 2048, 16)]
 )
-def test_seed_presets(name, d, L, T, H):
+def test_presets(name, d, L, T, H):
     cfg = get_phase2_preset(name)
     assert (cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.num_heads, cfg.head_dim) == (d, L, T, H, 64)
     assert cfg.num_heads * cfg.head_dim == cfg.d_model
@@ -128,7 +126,7 @@ def test_preset_errors_and_overrides():
     assert get_phase2_preset("debug", hebbian_eta=0.3).hebbian_eta == 0.3
 
 
-def test_seed_style_construction():
+def test_construction_from_keywords():
     torch.manual_seed(0)
     model = Phase2IntegratedModel(vocab_size=1000, d_model=128, n_layers=2, n_seq=64)
     assert model(torch.randint(0, 1000, (2, 16))).shape == (2, 16, 1000)
@@ -151,7 +149,7 @@ BASE = dict(
     base_decay=0.02,
 )
 CHANGES = {
-    "phase1_config": TransformerLMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, max_len=64),
+    "transformer_config": TransformerLMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, ffn_dim=64, max_len=64),
     "base_decay": 0.1,
     "adaptive_decay": False,
     "hebbian_eta": 0.3,
@@ -175,8 +173,7 @@ CHANGES = {
     "gate_interval": 5,
     "gamma_adjust_rate": 0.5,
 }
-SAME_OUTPUTS = {"chunk_size": 3, "triton_block_size": 7, "use_triton_bk": False}
-METADATA = {"target_vram_gb": 1.0, "target_speedup_triton": 9.0}
+SAME_OUTPUTS = {"chunk_size": 3, "triton_block_size": 7, "ops_impl": "torch"}
 
 
 def _signature(**overrides):
@@ -192,7 +189,7 @@ def _signature(**overrides):
 
 
 def test_every_field_is_covered():
-    assert set(CHANGES) | set(SAME_OUTPUTS) | set(METADATA) == {f.name for f in fields(Phase2Config)}
+    assert set(CHANGES) | set(SAME_OUTPUTS) == {f.name for f in fields(Phase2Config)}
 
 
 @pytest.fixture(scope="module")
@@ -209,26 +206,26 @@ def test_field_changes_the_model(name, reference):
     assert diff > 1e-4 * reference[2].abs().max().item(), f"{name} does not change the outputs (max diff {diff})"
 
 
-@pytest.mark.parametrize("name", sorted({**SAME_OUTPUTS, **METADATA}))
+@pytest.mark.parametrize("name", sorted(SAME_OUTPUTS))
 def test_field_keeps_the_outputs(name, reference):
-    shapes, trainable, logits = _signature(**{name: {**SAME_OUTPUTS, **METADATA}[name]})
+    shapes, trainable, logits = _signature(**{name: SAME_OUTPUTS[name]})
     assert (shapes, trainable) == reference[:2]
     assert torch.allclose(logits, reference[2], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_triton_bk_path_gives_the_same_model_outputs(run_interpreted):
-    """use_triton_bk=True runs the BK-Core Triton kernels (here in the interpreter) and matches the loop;
+    """ops_impl="auto" runs the BK-Core Triton kernels (here in the interpreter) and matches ops_impl="torch";
     triton_block_size=7 makes the kernel split the 37 steps into chunks, and changes nothing either."""
     out = run_interpreted(
-        "import torch; from phase2.model import create_phase2_model\n"
+        "import torch; from phase2.bk_core_lm import create_phase2_model\n"
         "outs = []\n"
-        "for tri, block in ((True, 256), (True, 7), (False, 256)):\n"
+        "for impl, block in (('auto', 256), ('auto', 7), ('torch', 256)):\n"
         "    torch.manual_seed(0)\n"
         "    m = create_phase2_model(vocab_size=50, d_model=32, n_layers=1, n_seq=64, num_heads=2, head_dim=8,\n"
-        "                            dropout=0.0, gate_interval=8, use_triton_bk=tri, triton_block_size=block)\n"
+        "                            dropout=0.0, gate_interval=8, ops_impl=impl, triton_block_size=block)\n"
         "    outs.append(m(torch.arange(37)[None] % 50))\n"
-        "import phase2.ops.bk_core.triton as t; assert t.INTERPRETED\n"
+        "import phase2.ops.bk_core.kernels as t; assert t.INTERPRETED\n"
         "for o in outs[:2]:\n"
         "    d = (o - outs[2]).abs().max().item(); print(d); assert d < 1e-5 * outs[2].abs().max().item()\n"
         "print('ok')\n"

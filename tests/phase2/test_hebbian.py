@@ -75,6 +75,8 @@ def test_bad_shapes():
         hebbian_memory(q, k, v, g, mode="fast")
     with pytest.raises(ValueError, match="powers of two in 16..128"):  # K = 8: no kernel takes it
         hebbian_memory(q.float(), k.float(), v.float(), g.float(), chunk_size=16, impl="triton")
+    with pytest.raises(ValueError, match="'auto', 'torch', 'triton'"):  # checked in either mode
+        hebbian_memory(q, k, v, g, mode="recurrent", impl="chunked")
 
 
 def test_kernels_fit():
@@ -144,7 +146,7 @@ def test_gates_act():
 TRITON_CHECK = """
 import torch
 from phase2.ops.hebbian import hebbian_memory
-from phase2.ops.hebbian.triton import INTERPRETED
+from phase2.ops.hebbian.kernels import INTERPRETED
 assert INTERPRETED
 
 def rel(x, ref):

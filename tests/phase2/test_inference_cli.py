@@ -9,6 +9,7 @@ import torch
 
 from common.config import compose
 from phase2 import diagnostics, evaluate, generate
+from phase2.baseline import TransformerLM, TransformerPP
 from phase2.data import builtin_articles
 from phase2.generate import Sampling, filter_logits, generate_ids
 from phase2.inference import load_language_model
@@ -105,15 +106,18 @@ def test_stream_stops_at_the_model_positions(trained, capsys):
         list(generate_ids(lm, torch.zeros(1, n, dtype=torch.long), Sampling(max_new_tokens=1)))
 
 
-def test_transformer_checkpoint_generates_without_a_state(trained):
+@pytest.mark.parametrize("kind, model_class", [("transformer", TransformerLM), ("transformer_pp", TransformerPP)])
+def test_baseline_checkpoint_evaluates_and_generates_without_a_state(trained, kind, model_class):
     root = trained[0]
-    _, ckpt = _train(
+    summary, ckpt = _train(
         root,
-        ["model=transformer", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.ffn_dim=64"],
-        "transformer",
+        [f"model={kind}", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.ffn_dim=64"],
+        kind,
     )
     lm = load_language_model(ckpt)
-    assert not lm.streams
+    assert isinstance(lm.model, model_class) and not lm.streams
+    result = evaluate.evaluate_text(lm, evaluate.text_documents(str(root / "text.txt"), "val"))
+    assert result["loss"] == pytest.approx(summary["final/val/loss"], rel=1e-6)
     out = list(generate_ids(lm, torch.tensor([[65, 66]]), Sampling(max_new_tokens=5, greedy=True)))
     assert len(out) == 5
 

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from phase2.ops.memory_gates import GateParams, Gates, apply_gates, boundary_gates, gate_scan, segment_lengths
+from phase2.ops.memory_gates import (
+    GateParams,
+    Gates,
+    apply_gates,
+    boundary_gates,
+    gate_scan,
+    kernel_fits,
+    segment_lengths,
+)
 from phase2.zeta import zeta_mode_basis
 
 P = GateParams(
@@ -82,7 +90,7 @@ def test_lyapunov_multiplier_rises_with_energy_and_relaxes():
     assert floor.lyapunov.item() == 1.0
 
 
-def test_naive_scan_runs_on_cpu():
+def test_reference_scan_runs_on_cpu():
     k = torch.nn.functional.normalize(torch.randn(1, 2, 20, 16), dim=-1)
     trace = gate_scan(
         k,
@@ -101,10 +109,26 @@ def test_naive_scan_runs_on_cpu():
     assert (trace.end_energy > 0).all()
 
 
+def test_kernel_fits_the_tile_rule():
+    assert kernel_fits(16, 16) and kernel_fits(64, 128) and kernel_fits(128, 32)
+    assert not kernel_fits(8, 16) and not kernel_fits(64, 256) and not kernel_fits(48, 64)
+
+
+def test_triton_refuses_shapes_the_kernel_does_not_take():
+    k = torch.nn.functional.normalize(torch.randn(1, 1, 4, 8), dim=-1)  # K = 8: below the tile rule
+    args = (k, torch.randn(1, 1, 4, 8), torch.full((1, 1, 4), 0.05), torch.zeros(1, 1, 8, 8))
+    rest = (Gates.initial(1, 1, 8, "cpu"), zeta_mode_basis(8).float(), None, P, 0)
+    with pytest.raises(ValueError, match="powers of two in 16..128, got K=8"):
+        gate_scan(*args, *rest, impl="triton")
+    with pytest.raises(ValueError, match="'naive' is now 'torch'"):
+        gate_scan(*args, *rest, impl="naive")
+    assert gate_scan(*args, *rest).gamma.shape == (1, 1, 1)  # auto: the reference
+
+
 GATE_SCAN_CHECK = """
 import torch
 from phase2.ops.memory_gates import GateParams, Gates, gate_scan
-from phase2.ops.memory_gates.triton import INTERPRETED
+from phase2.ops.memory_gates.kernels import INTERPRETED
 assert INTERPRETED
 from phase2.zeta import zeta_mode_basis
 

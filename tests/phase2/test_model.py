@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
+from phase2.bk_core_lm import Phase2State, create_phase2_model
 from phase2.config import Phase2Config
-from phase2.model import Phase2State, create_phase2_model
 
 CFG = dict(
     vocab_size=64,
@@ -207,8 +207,8 @@ def test_same_model_on_cuda():
 
 SCAN_PATH_CHECK = """
 import torch
-from phase2.model import create_phase2_model
-import phase2.ops.memory_gates.triton as gates_kernel
+from phase2.bk_core_lm import create_phase2_model
+import phase2.ops.memory_gates.kernels as gates_kernel
 assert gates_kernel.INTERPRETED
 
 def rel(x, ref):

@@ -19,7 +19,7 @@ FAST = [
     "loop.progress=false",
     "loop.log_every=5",
     "optim.lr=3e-3",
-    "optim.warmup_steps=0",
+    "schedule.warmup_steps=0",
 ]
 
 

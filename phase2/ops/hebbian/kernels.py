@@ -25,13 +25,14 @@ backward kernels on Hopper (flash-linear-attention issue #640).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+from ..impls import triton_interpreting
+
+# Triton picks interpreter or compiler when a kernel is defined, i.e. when this module is imported
+INTERPRETED = triton_interpreting()
 
 
 @triton.jit

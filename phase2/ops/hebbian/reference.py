@@ -1,4 +1,4 @@
-"""Reference Hebbian memory: the recurrence itself, one token at a time (float32 or float64).
+"""Reference Hebbian memory (mode="recurrent"): the recurrence itself, one token at a time (float32 or float64).
 
     S_t = exp(g_t) S_{t-1} + k_t^T v_t,    o_t = q_t S_t
 

@@ -10,20 +10,17 @@ nothing overflows however strong the decay. Matrix products run in the inputs' d
 float32 accumulation); cumulative decays are float32 (float64 for float64 inputs), the final state is
 returned in that dtype.
 
-This module is the PyTorch form (CPU, float64, shapes the kernels do not take); on CUDA the same chunked
-computation runs as Triton kernels (triton.py), whose carry is a sequential scan over chunks instead of the
+This module is the PyTorch form (impl="torch": CPU, float64, shapes the kernels do not take); kernels.py runs
+the same chunked computation as Triton kernels, whose carry is a sequential scan over chunks instead of the
 (NC x NC) product: O(T) work rather than O(T^2 / C^2), at the price of a loop per (batch, head) row.
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-
-_IMPLS = ("auto", "torch", "triton")
 
 
 @lru_cache(maxsize=64)
@@ -48,49 +45,15 @@ def chunk_o_torch(q, k, v, b, S_in):
     return o + ((q * torch.exp(b).to(mm)[..., None]) @ S_in.to(mm)).to(acc)
 
 
-MAX_ROWS = 65535  # batch x heads: the kernels' grids put the rows in a dimension CUDA caps at 65,535
-
-
-def kernels_fit(q, v, C: int) -> bool:
-    """Whether the Triton kernels take these shapes and dtypes (tl.dot tiles: powers of two in 16..128)."""
-    pow2 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731  (tl.dot tiles)
-    K, V = q.shape[-1], v.shape[-1]
-    return (
-        q.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and all(pow2(n) and n <= 128 for n in (C, K, V))
-        and q.shape[0] * q.shape[1] <= MAX_ROWS
-    )
-
-
-def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: str = "auto"):
-    """q, k: (B, H, T, K); v: (B, H, T, V); g: (B, H, T) log-decay <= 0; initial_state (B, H, K, V) or None.
-
-    Returns o (B, H, T, V) in q's dtype and the final state (B, H, K, V) in the accumulation dtype.
-    impl: "torch", "triton" (triton.py's kernels; chunk_size, K and V powers of two in 16..128), or "auto"
-    (Triton on CUDA, or under TRITON_INTERPRET=1, when the shapes fit).
+def hebbian_chunked_torch(q, k, v, g, initial_state, chunk_size: int):
+    """q, k: (B, H, T, K) with T > 0; v: (B, H, T, V); g: (B, H, T) log-decay <= 0; initial_state (B, H, K, V)
+    or None. Returns o (B, H, T, V) in q's dtype and the final state (B, H, K, V) in the accumulation dtype.
     """
-    if impl not in _IMPLS:
-        raise ValueError(f"hebbian_chunked: impl={impl!r}; use one of {_IMPLS}")
     B, H, T, K = q.shape
     Vd = v.shape[-1]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     mm = q.dtype
     C = chunk_size
-    if T == 0:
-        S = q.new_zeros(B, H, K, Vd, dtype=acc) if initial_state is None else initial_state.to(acc)
-        return q.new_zeros(B, H, 0, Vd), S
-    if impl == "triton" and not kernels_fit(q, v, C):
-        raise ValueError(
-            f"hebbian_chunked: impl='triton' takes chunk_size, K and V powers of two in 16..128, "
-            f"float32/bfloat16/float16 and batch x heads <= {MAX_ROWS}; got chunk_size={C}, K={K}, "
-            f"V={Vd}, {q.dtype}, {B * H} rows (use impl='auto')"
-        )
-    if impl == "triton" or (
-        impl == "auto" and kernels_fit(q, v, C) and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-    ):
-        from .triton import hebbian_chunked_triton  # late: CPU-only users need no Triton
-
-        return hebbian_chunked_triton(q, k, v, g, initial_state, C)
     pad = (-T) % C  # zero keys and zero log-decay: padded steps neither write nor decay
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))

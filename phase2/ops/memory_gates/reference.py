@@ -1,4 +1,5 @@
-"""The memory gates in PyTorch: the rule at one boundary, its action on the keys and decays, and the scan.
+"""The memory gates in PyTorch: the rule at one boundary, its action on the keys and decays, and the reference
+scan (impl="torch"). The model's boundary-by-boundary loop (phase2/memory.py) uses the same pieces.
 
 At a boundary, from the fast weights S (B, H, K, V) entering it (no gradient: the gates are controls):
   SNR filter  snr = sigma_1(S)^2 / (||S||_F^2 - sigma_1(S)^2). Below the threshold Gamma is multiplied by up to
@@ -12,56 +13,13 @@ An empty memory (E = 0) gates nothing. The gates then hold until the next bounda
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from .types import GateParams, Gates, GateTrace
+
 POWER_ITERATIONS = 8  # sigma_1 of a (K x V) state; fixed, so the SNR is a deterministic function of S
 TINY = 1e-30
-
-
-@dataclass(frozen=True)
-class GateParams:
-    interval: int  # tokens between boundaries, counted from the first token of the stream
-    eta: float  # base write strength
-    snr_threshold: float
-    gamma_boost: float
-    eta_boost: float
-    adjust_rate: float  # the Lyapunov multiplier's step
-    resonance_threshold: float  # a fraction of ||S||_F^2
-    resonance: bool
-
-
-@dataclass
-class Gates:
-    """What is in force between boundaries and what the Lyapunov rule remembers, per (batch, head)."""
-
-    gamma: torch.Tensor  # (B, H) Gamma multiplier (SNR filter x Lyapunov adjustment)
-    eta: torch.Tensor  # (B, H) eta multiplier
-    key: torch.Tensor  # (B, H, K) resonance weight of each mode (zeros when resonance is off)
-    lyapunov: torch.Tensor  # (B, H) the Lyapunov multiplier (>= 1)
-    last_energy: torch.Tensor  # (B, H) ||S||_F^2 at the last boundary
-
-    @classmethod
-    def initial(cls, B: int, H: int, K: int, device) -> Gates:
-        z = torch.zeros(B, H, device=device)
-        return cls(z + 1, z + 1, torch.zeros(B, H, K, device=device), z + 1, z.clone())
-
-
-@dataclass
-class GateTrace:
-    """One call's gates per segment j (the pieces of the call between boundaries) and boundary statistics."""
-
-    gamma: torch.Tensor  # (B, H, NS)
-    eta: torch.Tensor  # (B, H, NS)
-    key: torch.Tensor  # (B, H, NS, K)
-    snr: torch.Tensor  # (B, H, NS) at the boundary opening segment j (undefined where none opens it)
-    energy: torch.Tensor  # (B, H, NS) ||S||_F^2 there
-    share: torch.Tensor  # (B, H, NS, K) energy share of each mode there
-    end_energy: torch.Tensor  # (B, H, NS) ||S||_F^2 at the end of segment j
-    final: Gates  # what is in force after the call
-    opens_at_boundary: bool  # False when the call starts inside an interval: segment 0 keeps the old gates
 
 
 def segment_lengths(pos0: int, T: int, interval: int) -> list[int]:
@@ -113,7 +71,7 @@ def apply_gates(k, gamma, gate_gamma, gate_eta, gate_key, modes, rho, p: GatePar
 
 
 @torch.no_grad()
-def gate_scan_naive(k, v, gamma, S0, gates: Gates, modes, rho, p: GateParams, pos0: int) -> GateTrace:
+def gate_scan_reference(k, v, gamma, S0, gates: Gates, modes, rho, p: GateParams, pos0: int) -> GateTrace:
     """The reference scan: boundaries one after another, the memory advanced between them in PyTorch.
 
     k (B, H, T, K) unit keys, v (B, H, T, V), gamma (B, H, T) forgetting rate times dt, S0 (B, H, K, V).

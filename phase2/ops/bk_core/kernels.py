@@ -21,12 +21,13 @@ Few long chains are cut into chunks so that there are enough rows to fill the GP
 Interleaved re/im floats (torch.view_as_real) carry the complex numbers; float32 and float64 both work.
 """
 
-import os
 from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+
+from ..impls import triton_interpreting
 
 
 @dataclass
@@ -46,7 +47,7 @@ class BKCoreTritonConfig:
 
 CONFIG = BKCoreTritonConfig()
 # Triton picks interpreter or compiler when a kernel is defined, i.e. when this module is imported
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+INTERPRETED = triton_interpreting()
 
 
 # ----------------------------------------------------------------------------------------- register tiles

@@ -1,4 +1,4 @@
-"""Phase 2's "Breath of Life" language model: BK-Core features + dissipative Hebbian memory, causal.
+"""The BK-Core language model (Phase 2, "Breath of Life"): BK-Core features + dissipative Hebbian memory, causal.
 
     model = create_phase2_model(preset="small")                     # or config=..., or **fields
     logits = model(input_ids)                                       # (B, T, vocab)
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from phase2.baseline import FeedForward
 from phase2.config import Phase2Config, get_phase2_preset
+from phase2.layers import FeedForward, sinusoidal_table
 from phase2.memory import HebbianMemory, MemoryState
 from phase2.potential import BKCoreFeatures, NonHermitianPotential
 from phase2.zeta import zeta_positional_table
@@ -59,7 +59,7 @@ class Phase2Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
         self.potential = NonHermitianPotential(D, H, K, cfg.base_decay, cfg.adaptive_decay, cfg.use_zeta_init)
         self.memory = HebbianMemory(cfg)
-        self.bk = BKCoreFeatures(H, K, cfg.use_zeta_init, cfg.use_triton_bk, cfg.triton_block_size)
+        self.bk = BKCoreFeatures(H, K, cfg.use_zeta_init, cfg.ops_impl, cfg.triton_block_size)
         self.out_proj = nn.Linear(3 * H * K, D, bias=False)  # mixes [memory read, Re g, Im g]
         self.ffn = FeedForward(D, cfg.resolved_ffn_dim, cfg.dropout, cfg.ffn_activation)
         self.drop = nn.Dropout(cfg.dropout)
@@ -92,9 +92,9 @@ class Phase2IntegratedModel(nn.Module):
         D = c.d_model
         self.tok_emb = nn.Embedding(c.vocab_size, D)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
-        # with a Phase 1 source the embedding keeps its scale sqrt(d) and the table its unit amplitude
-        self.emb_scale = math.sqrt(D) if c.phase1_config is not None else 1.0
-        amplitude = 1.0 if c.phase1_config is not None else 0.02 * math.sqrt(2.0)
+        # converted from a Transformer, the embedding keeps its scale sqrt(d) and the table its unit amplitude
+        self.emb_scale = math.sqrt(D) if c.transformer_config is not None else 1.0
+        amplitude = 1.0 if c.transformer_config is not None else 0.02 * math.sqrt(2.0)
         table = _positional_table(c.n_seq, D, c.use_zeta_init) * amplitude
         if c.zeta_embedding_trainable:
             self.pos_emb = nn.Parameter(table)
@@ -158,7 +158,8 @@ class Phase2IntegratedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------- diagnostics
     def _diagnostics(self, diags: list[dict]) -> dict:
-        """Seed 000/001 keys. Tensors stay on the device; every float comes from one host transfer."""
+        """Per layer: gamma_values, snr_stats, resonance_info, stability_metrics, overdamping_ratio. Tensors stay
+        on the device; every float comes from one host transfer."""
         scalars, slots = [], []
 
         def later(x, sink, key):  # a 0-d tensor whose float goes to sink[key] after the single transfer
@@ -258,11 +259,7 @@ class Phase2IntegratedModel(nn.Module):
 
 
 def _positional_table(n_pos: int, d_model: int, zeta: bool) -> torch.Tensor:
-    if zeta:
-        return zeta_positional_table(n_pos, d_model)
-    from phase2.baseline import sinusoidal_table
-
-    return sinusoidal_table(n_pos, d_model)
+    return zeta_positional_table(n_pos, d_model) if zeta else sinusoidal_table(n_pos, d_model)
 
 
 def create_phase2_model(
@@ -283,3 +280,23 @@ def create_phase2_model(
         config = Phase2Config().replace(**overrides)
     model = Phase2IntegratedModel(config.validate())
     return model.to(device) if device is not None else model
+
+
+def diagnostics_scalars(diagnostics: dict) -> dict[str, float]:
+    """The model's diagnostics averaged over layers, one float per name, as training logs them (diag/*)."""
+    gammas = torch.cat([g.detach().float().flatten() for g in diagnostics["gamma_values"]])
+    # the four statistics stacked: one host transfer, not four
+    stats = torch.stack([gammas.mean(), gammas.std(unbiased=False), gammas.min(), gammas.max()]).tolist()
+    out = dict(zip(("gamma_mean", "gamma_std", "gamma_min", "gamma_max"), stats))
+    for name, group, key in (
+        ("snr_mean", "snr_stats", "mean_snr"),
+        ("snr_low_ratio", "snr_stats", "low_snr_ratio"),
+        ("resonant_modes", "resonance_info", "num_resonant_modes"),
+        ("resonance_energy", "resonance_info", "total_resonance_energy"),
+        ("lyapunov_stable_ratio", "stability_metrics", "lyapunov_stable_ratio"),
+        ("fast_weight_energy", "stability_metrics", "fast_weight_energy"),
+    ):
+        values = [layer[key] for layer in diagnostics[group] if key in layer]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out

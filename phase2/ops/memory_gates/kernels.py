@@ -17,16 +17,18 @@ No dot result is ever transposed (see the Hebbian kernels' note on Triton and Ho
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .naive import POWER_ITERATIONS, TINY, Gates, GateTrace, segment_lengths
+from ..impls import triton_interpreting
+from .reference import POWER_ITERATIONS, TINY, segment_lengths
+from .types import Gates, GateTrace
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+# Triton picks interpreter or compiler when a kernel is defined, i.e. when this module is imported
+INTERPRETED = triton_interpreting()
 
 
 @dataclass
@@ -139,15 +141,11 @@ def _gate_scan_kernel(
     tl.store(le_ptr + n, le)
 
 
-def fits(K: int, V: int) -> bool:
-    pow2 = lambda x: x >= 16 and x & (x - 1) == 0  # noqa: E731  (tl.dot tiles)
-    return pow2(K) and pow2(V) and K <= 128 and V <= 128
-
-
 def gate_scan_triton(
     k, v, gamma, S0, gates: Gates, modes, rho, p, pos0: int, precision: str | None = None, num_warps: int | None = None
 ) -> GateTrace:
-    """Same contract as naive.gate_scan_naive; the kernel variant from CONFIG unless given."""
+    """Same contract as reference.gate_scan_reference (K and V as dispatch.kernel_fits takes them); the kernel
+    variant from CONFIG unless given."""
     precision = CONFIG.precision if precision is None else precision
     num_warps = CONFIG.num_warps if num_warps is None else num_warps
     B, H, T, K = k.shape

@@ -1,4 +1,4 @@
-"""Reference BK-Core: the causal continued fraction as a plain PyTorch loop.
+"""Reference BK-Core (impl="torch"): the causal continued fraction as a plain PyTorch loop, and its definition.
 
 g_0 = 1 / (a_0 - z),  g_t = 1 / (a_t - z - k_t g_{t-1})
 
@@ -10,7 +10,7 @@ every faster implementation is tested against; it is exact in complex128 and slo
 import torch
 
 
-def bk_core_naive(a: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def bk_core_reference(a: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """a, k: complex (..., T) of one dtype; z: complex, broadcastable to a. Returns g: (..., T)."""
     b = a - z  # (..., T): z may vary per chain or per position
     k = k.expand_as(b)

@@ -1,0 +1,148 @@
+"""One training run, the same for every phase. A phase builds its own parts (`RunParts`); `execute` does the rest:
+
+    loop options -> process group, seed, device -> resume checkpoint (read once) -> phase.build ->
+    DDP -> hooks -> schedule -> batches (with overfit_batches) -> tracking run -> run folder, checkpoints ->
+    Loop.fit -> phase.after_fit on rank 0
+
+so resume, tracking, checkpoints, the schedule and the debug knobs (`debug=overfit`, `fast_dev_run`, `tiny`)
+mean the same in every phase. A phase's `train(cfg)` is its build function and one call:
+
+    def train(cfg, on_log=None):
+        return run.execute(cfg, "phase1", build_parts, on_log)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from common import config as configs
+from common import runtime
+from common.batches import EpochBatches
+from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from common.loop import Loop, StepHooks, loop_config
+from common.schedulers import build_scheduler
+from common.tracking import create_logger
+
+
+@dataclass
+class RunParts:
+    """What a phase builds for one run; everything else is execute()'s.
+
+    model       initialised and on the run's device, not yet wrapped: execute() wraps it for DDP under torchrun
+    optimizer   over `model`'s parameters (DDP keeps the same tensors, so it may be built before the wrap)
+    hooks       the phase's StepHooks class with its own arguments bound (functools.partial); execute() calls
+                it with (model, optimizer) once the model is wrapped, since the hooks must run the wrapped one
+    train_set   the training samples; execute() batches and shards them, and keeps the first ones for
+                `overfit_batches`
+    batch_size  per rank: the global batch is world_size x batch_size
+    tags        a new tracking run's tags besides `phase` and `run_dir`
+    num_workers DataLoader worker processes
+    d_model     the width the noam schedule scales by (None: a model without one)
+    after_fit   called on rank 0 with the loop and the run folder once the loop returned (e.g. a history file)
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    hooks: Callable[[nn.Module, torch.optim.Optimizer], StepHooks]
+    train_set: Dataset
+    batch_size: int
+    tags: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+    d_model: int | None = None
+    after_fit: Callable[[Loop, Path], None] | None = None
+
+
+# build(cfg, device, resumed): `resumed` is the resume checkpoint, loaded, or None for a fresh run.
+BuildParts = Callable[[DictConfig, torch.device, dict[str, Any] | None], RunParts]
+
+
+def execute(
+    cfg: DictConfig,
+    kind: str,
+    build: BuildParts,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train per `cfg` with the parts `build` makes; returns the loop's summary (the final metrics).
+
+    `kind` ("phase1") marks the checkpoints, and a resume checkpoint of another kind is refused. `on_log(step,
+    metrics)` sees every logged point (sweeps report intermediate values through it)."""
+    loop_cfg = loop_config(cfg.loop)  # a bad loop option or a missing value is refused before anything is created
+    plain = configs.to_plain(cfg)
+    dist = runtime.init_distributed()
+    try:
+        runtime.seed_everything(cfg.seed + dist.rank)
+        device = runtime.pick_device(cfg.device)
+        resume_from = resolve_resume(cfg.resume)
+        resumed = load_checkpoint(resume_from, kind=kind) if resume_from else None
+        parts = build(cfg, device, resumed)
+        model = _distribute(parts.model, dist, device)
+        hooks = parts.hooks(model, parts.optimizer)
+        scheduler = _schedule(cfg, parts)
+        batches = _batches(cfg, parts, dist)
+        # created only now: a mistake found while building leaves no tracking run behind
+        run_id = (resumed or {}).get("mlflow_run_id") or None
+        logger = create_logger(cfg.logger, run_id=run_id, is_main=dist.is_main)
+        folder = configs.run_dir(cfg)
+        checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
+        loop = Loop(
+            loop_cfg,
+            hooks,
+            batches,
+            scheduler,
+            logger,
+            checkpoints,
+            config=plain,
+            kind=kind,
+            is_main=dist.is_main,
+            on_log=on_log,
+        )
+        summary = loop.fit(resumed, tags={"phase": kind, **parts.tags, "run_dir": folder}, run_dir=folder)
+    finally:
+        runtime.shutdown_distributed()
+    if dist.is_main and parts.after_fit is not None:
+        parts.after_fit(loop, folder)
+    return summary
+
+
+def _distribute(model: nn.Module, dist: runtime.DistInfo, device: torch.device) -> nn.Module:
+    if not dist.enabled:
+        return model
+    device_ids = [dist.local_rank] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _schedule(cfg: DictConfig, parts: RunParts) -> torch.optim.lr_scheduler.LambdaLR:
+    """The `schedule` block (name, warmup_steps, min_lr) over the loop's steps; lr itself is the optimizer's."""
+    schedule, lr = cfg.schedule, cfg.optim.lr
+    return build_scheduler(
+        parts.optimizer,
+        schedule.name,
+        total_steps=cfg.loop.max_steps,
+        warmup_steps=schedule.warmup_steps,
+        min_ratio=schedule.min_lr / lr if lr else 0.0,
+        d_model=parts.d_model,
+    )
+
+
+def _batches(cfg: DictConfig, parts: RunParts, dist: runtime.DistInfo) -> EpochBatches:
+    train_set, overfit = parts.train_set, cfg.get("overfit_batches") or 0
+    if overfit:  # debug=overfit: the first items only, the same batches every epoch
+        count = min(len(train_set), overfit * parts.batch_size * dist.world_size)
+        train_set = Subset(train_set, range(count))
+    return EpochBatches(
+        train_set,
+        parts.batch_size,
+        seed=cfg.seed,
+        num_workers=parts.num_workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        replay_first_epoch=bool(overfit),
+    )

@@ -1,0 +1,122 @@
+"""common.run.execute with a toy phase: the resume checkpoint is read once and reaches build, the loop and the
+run's after_fit; the schedule comes from the `schedule` block."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from common import run
+from common.checkpoint import CheckpointError, load_checkpoint
+from common.loop import StepHooks
+
+
+class Line(torch.utils.data.Dataset):
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, i):
+        x = torch.full((4,), float(i) / 32)
+        return x, x.sum() + 0.1 * torch.randn(())  # the noise makes the sample seed matter
+
+
+class LineHooks(StepHooks):
+    def compute_loss(self, batch):
+        x, y = batch
+        return {"loss": ((self.model(x).squeeze(-1) - y) ** 2).mean()}
+
+
+def toy_config(tmp_path, name: str, **loop):
+    return OmegaConf.create(
+        {
+            "task_name": "toy",
+            "seed": 0,
+            "device": "cpu",
+            "resume": None,
+            "logger": {"backend": "none"},
+            "paths": {"output_root": str(tmp_path / "outputs")},
+            "checkpoint": {"dir": str(tmp_path / name), "keep_last": 5},
+            "optim": {"lr": 0.1},
+            "schedule": {"name": "cosine", "warmup_steps": 2, "min_lr": 0.001},
+            "loop": {"max_steps": 6, "log_every": 1, "progress": False, **loop},
+        }
+    )
+
+
+class ToyPhase:
+    """A build function that remembers what it was handed, and an after_fit that remembers the loop."""
+
+    def __init__(self, d_model=None):
+        self.d_model, self.resumed, self.finished = d_model, [], []
+
+    def build(self, cfg, device, resumed) -> run.RunParts:
+        self.resumed.append(resumed)
+        model = nn.Linear(4, 1).to(device)
+        return run.RunParts(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=cfg.optim.lr),
+            hooks=partial(LineHooks),
+            train_set=Line(),
+            batch_size=8,
+            d_model=self.d_model,
+            after_fit=lambda loop, folder: self.finished.append((loop.state.global_step, loop.epoch, folder)),
+        )
+
+
+def losses(path) -> list[float]:
+    return [p["train/loss"] for p in load_checkpoint(path)["history"] if "train/loss" in p]
+
+
+def test_resume_reads_the_checkpoint_once_and_continues_the_curve(tmp_path, monkeypatch):
+    full = ToyPhase()
+    run.execute(toy_config(tmp_path, "full", ckpt_every=3), "toy", full.build)
+    assert full.resumed == [None] and full.finished[0][:2] == (6, 1)  # 4 batches an epoch: epoch 1 at step 6
+
+    reads = []
+    real_load = run.load_checkpoint
+
+    def counted_load(*args, **kwargs):
+        reads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(run, "load_checkpoint", counted_load)
+    again = ToyPhase()
+    cfg = toy_config(tmp_path, "again", ckpt_every=3)
+    cfg.resume = str(tmp_path / "full" / "step_00000003.pt")
+    summary = run.execute(cfg, "toy", again.build)
+    assert len(reads) == 1 and again.resumed[0]["global_step"] == 3  # the loop restored from that same dict
+    assert summary["global_step"] == 6
+    assert losses(tmp_path / "again" / "last.pt") == pytest.approx(losses(tmp_path / "full" / "last.pt"), abs=1e-6)
+
+
+def test_a_checkpoint_of_another_kind_is_refused_before_building(tmp_path):
+    run.execute(toy_config(tmp_path, "toy", max_steps=1), "toy", ToyPhase().build)
+    cfg = toy_config(tmp_path, "other")
+    cfg.resume = str(tmp_path / "toy" / "last.pt")
+    phase = ToyPhase()
+    with pytest.raises(CheckpointError, match="toy checkpoint, but a phase1 checkpoint is needed"):
+        run.execute(cfg, "phase1", phase.build)
+    assert phase.resumed == []
+
+
+def test_schedule_block_drives_the_learning_rate(tmp_path):
+    seen = []
+    run.execute(
+        toy_config(tmp_path, "lr"), "toy", ToyPhase().build, on_log=lambda step, p: seen.append(p.get("train/lr"))
+    )
+    lrs = [lr for lr in seen if lr is not None]
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.001)  # warm-up done, then cosine to min_lr
+
+
+def test_noam_needs_a_model_width(tmp_path):
+    cfg = toy_config(tmp_path, "noam")
+    cfg.schedule.name = "noam"
+    with pytest.raises(ValueError, match="d_model"):
+        run.execute(cfg, "toy", ToyPhase().build)
+    cfg = toy_config(tmp_path, "noam-ok", max_steps=1)
+    cfg.schedule.name = "noam"
+    run.execute(cfg, "toy", ToyPhase(d_model=16).build)
