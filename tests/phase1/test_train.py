@@ -224,3 +224,20 @@ def test_bf16_mixed_trains_on_the_cpu(model, tmp_path):
         ]
     assert runs["bf16-mixed"] == pytest.approx(runs["32"], rel=0.05)
     assert runs["bf16-mixed"] != runs["32"]  # autocast was really on
+
+
+def test_init_from_starts_training_from_the_checkpoint_weights(tmp_path):
+    """`init_from=` loads a project checkpoint's weights into the new run's model (fine-tuning's path)."""
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from phase1.hpcm import build_hpcm
+    from phase1.train import build_parts
+
+    torch.manual_seed(1)
+    source = build_hpcm("tiny")
+    save_checkpoint(tmp_path / "source.pt", {"kind": "phase1", "model_state_dict": source.state_dict(), "config": {}})
+    cfg = compose("phase1", [*FAST, "logger=none", "device=cpu", f"init_from={tmp_path / 'source.pt'}"])
+    model = build_parts(cfg, torch.device("cpu"), None).model
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
