@@ -22,7 +22,7 @@ def readme_rows(section: str) -> list[str]:
     """Each backticked override span (containing '=') of the flag-map table under README's `## {section}`."""
     text = (REPO / "README.md").read_text()
     body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    table = body.split("\n| seed flag", 1)[1].split("\n\n", 1)[0]
+    table = body.split("\n| original flag", 1)[1].split("\n\n", 1)[0]
     spans = []
     for line in table.splitlines()[2:]:  # past the header and its rule
         override_cell = line.split("|")[2]
