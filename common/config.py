@@ -19,9 +19,20 @@ from common import REPO_ROOT
 CONFIG_DIR = REPO_ROOT / "experiments"
 
 
+def run_stamp() -> str:
+    """A run folder's name: date, time to the microsecond and a random suffix, so runs started together (a
+    sweep's workers, a job array) never share a folder. The ranks of one torchrun job share the launcher's id."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if job and job != "none":
+        return f"{datetime.now():%Y-%m-%d}_torchrun-{job[:12]}"
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{os.urandom(3).hex()}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 register_resolvers()
@@ -61,17 +72,31 @@ def run_dir(cfg: DictConfig) -> Path:
     import torch.distributed as dist
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if HydraConfig.initialized():  # Hydra made it, named by run_stamp
         folder = Path(HydraConfig.get().runtime.output_dir)
+    elif not distributed or dist.get_rank() == 0:
+        folder = _new_folder(Path(cfg.paths.output_root) / cfg.task_name)
     else:
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-        folder = Path(cfg.paths.output_root) / cfg.task_name / stamp
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        folder = Path()  # rank 0's, broadcast below
+    if distributed:
         shared = [str(folder)]
         dist.broadcast_object_list(shared, src=0)
         folder = Path(shared[0])
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _new_folder(parent: Path) -> Path:
+    """A folder no other run has: created exclusively, a new name drawn on a collision."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = parent / run_stamp()
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 class UserError(Exception):
@@ -85,6 +110,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     from common.checkpoint import CheckpointError
     from common.loop import NonFiniteLossError  # a diverged run: its message names the fix
+    from common.tracking import TrackingUnavailableError
 
     return (
         UserError,
@@ -94,6 +120,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         HydraException,
         OmegaConfBaseException,
         NonFiniteLossError,
+        TrackingUnavailableError,
     )
 
 

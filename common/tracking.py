@@ -31,6 +31,33 @@ from common import REPO_ROOT
 MAX_BUFFERED_METRICS = 200_000
 
 
+# A tracking server that does not answer at the start of a run fails it within this many seconds, instead of
+# MLflow's own retries (minutes) ending in a traceback, having trained nothing.
+SERVER_CHECK_SECONDS = 5.0
+
+
+class TrackingUnavailableError(ConnectionError):
+    """The tracking store cannot be reached when a run starts; one line naming the URI and the way out."""
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Ask an http(s) tracking server for its health page; a local store needs no check."""
+    import urllib.error
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_CHECK_SECONDS) as reply:
+            reply.read(16)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise TrackingUnavailableError(
+            f"tracking server {tracking_uri} is unreachable ({reason}): start it (make mlflow-server), point "
+            "MLFLOW_TRACKING_URI at a running one, or train without tracking (logger=none)"
+        ) from None
+
+
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 
@@ -164,6 +191,7 @@ class MLflowLogger:
 
         from mlflow.tracking import MlflowClient
 
+        check_reachable(tracking_uri or default_tracking_uri())
         self.tracking_uri = ensure_store(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
         self.flush_every = min(flush_every, 1000)  # log_batch takes at most 1,000 metrics

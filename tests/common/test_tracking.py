@@ -132,3 +132,24 @@ def test_mlflow_is_not_imported_at_import_time():
     code = "import common.tracking, common.loop, common.checkpoint, sys; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_tracking_server_down_at_start_fails_fast_with_one_line(tmp_path):
+    """Nothing listens on port 9: the run stops within seconds, exit 2, one line naming the URI."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from common import REPO_ROOT
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)  # MLflow's own retries: what a user has
+    args = ["model=debug", "seq_len=32", "batch_size=2", "loop.max_steps=2", f"paths.output_root={tmp_path}"]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "phase2.train", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and "http://127.0.0.1:9" in errors[0] and "logger=none" in errors[0]
+    assert time.monotonic() - start < 60  # the import of torch included; the check itself gives up after 5 s
