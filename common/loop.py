@@ -9,6 +9,7 @@ resume (model, optimizer, scheduler, data position, RNG) and SIGINT/SIGTERM -> c
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,12 @@ class Loop:
         close the run with its status: FINISHED, KILLED (stopped by a signal) or FAILED (an exception, re-raised)."""
         if resumed:
             self.resume(resumed)
+            if self.state.global_step >= self.cfg.max_steps and self.is_main:
+                print(
+                    f"note: the resumed run is finished (step {self.state.global_step} of loop.max_steps="
+                    f"{self.cfg.max_steps}); no steps are trained: raise loop.max_steps to train on",
+                    file=sys.stderr,
+                )
         else:
             self.logger.log_params(self.config)
             self.logger.set_tags(dict(tags or {}))
@@ -328,6 +335,12 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
     if unknown:
         raise ValueError(f"unknown loop option(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = LoopConfig(**values)
+    for key, least in (("max_steps", 1), ("log_every", 1), ("eval_every", 0), ("ckpt_every", 0),
+                       ("max_nonfinite_in_row", 1), ("clip_grad_norm", 0)):  # fmt: skip
+        value = getattr(cfg, key)
+        if value < least:
+            why = f"it must be >= {least}" + (" (a run of no steps would do nothing)" if key == "max_steps" else "")
+            raise ValueError(f"loop.{key}={value}: {why}" + ("; 0 turns it off" if least == 0 else ""))
     if cfg.monitor.startswith("test/"):
         raise ValueError(
             f"loop.monitor={cfg.monitor} would pick checkpoints on the test data; monitor a "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,18 +66,38 @@ def split_documents(docs: list[str], split: str) -> list[str]:
     return [d for i, d in enumerate(docs) if pick[split](i)]
 
 
-def read_text_source(path: str | Path) -> list[str]:
-    """A text file, or every text file under a folder (recursive, sorted), as documents."""
+def read_text_source(path: str | Path, encoding_errors: str = "strict") -> list[str]:
+    """A text file, or every text file under a folder (recursive, sorted), as documents.
+
+    Text must be UTF-8: a file that is not is refused, naming the file and the byte offset, because bits per
+    byte of silently altered text mean nothing. `encoding_errors="replace"` reads it anyway, with U+FFFD for
+    each bad sequence, and warns with the count."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"text path {path} does not exist")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"text folder {path} holds no {', '.join(sorted(TEXT_SUFFIXES))} files")
-    docs = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    docs = [_decode(f, encoding_errors) for f in files]
     if not any(d.strip() for d in docs):
         raise ValueError(f"text source {path} is empty")
     return docs
+
+
+def _decode(file: Path, errors: str) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if errors != "replace":
+            raise ValueError(
+                f"text file {file} is not valid UTF-8 (byte {err.start}: {data[err.start : err.start + 4]!r}); "
+                "convert it to UTF-8, or read it with data.encoding_errors=replace"
+            ) from None
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    warnings.warn(f"text file {file}: {bad} invalid UTF-8 sequence(s) read as U+FFFD", stacklevel=3)
+    return text
 
 
 def huggingface_documents(name: str, config: str | None, split: str, field: str = "text") -> list[str]:
@@ -101,7 +122,11 @@ class TextSplits:
 
 
 def load_splits(
-    source: str, path: str | None = None, hf_name: str | None = None, hf_config: str | None = None
+    source: str,
+    path: str | None = None,
+    hf_name: str | None = None,
+    hf_config: str | None = None,
+    encoding_errors: str = "strict",
 ) -> TextSplits:
     """builtin | file (one file or folder; split by document, or by position inside a single document) |
     huggingface."""
@@ -111,7 +136,7 @@ def load_splits(
     if source == "file":
         if not path:
             raise ValueError("data.source=file needs data.path=/path/to/text (a file or a folder)")
-        docs = read_text_source(path)
+        docs = read_text_source(path, encoding_errors)
         if len(docs) < 20:  # too few documents to split by document: split the text by position instead
             text = "\n".join(docs)
             a, b = int(len(text) * 0.9), int(len(text) * 0.95)

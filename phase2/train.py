@@ -128,7 +128,9 @@ def evaluate_nll(model, windows: TokenWindows, batch_size: int, device, max_batc
 
 def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
     """Splits, tokenizer (trained on the train split when it is BPE, or restored) and token streams."""
-    splits = load_splits(cfg.data.source, cfg.data.path, cfg.data.hf_name, cfg.data.hf_config)
+    splits = load_splits(
+        cfg.data.source, cfg.data.path, cfg.data.hf_name, cfg.data.hf_config, cfg.data.get("encoding_errors", "strict")
+    )
     tokenizer = (
         tokenizer_from_json(tokenizer_json)
         if tokenizer_json

@@ -160,3 +160,12 @@ def test_a_scalar_of_some_steps_is_averaged_over_those_steps(tmp_path):
     points = [p for p in points if "train/loss" in p]  # the end's evaluation is logged too
     assert [p["train/diag/value"] for p in points] == [(3 + 6) / 2, (9 + 12) / 2]
     assert points[0]["train/loss"] == pytest.approx(sum(hooks.losses[:6]) / 6)
+
+
+@pytest.mark.parametrize("key, value", [("max_steps", 0), ("max_steps", -5), ("log_every", 0), ("eval_every", -1),
+                                        ("ckpt_every", -1), ("max_nonfinite_in_row", 0)])  # fmt: skip
+def test_non_positive_sizes_and_intervals_are_refused_naming_the_key(key, value):
+    from common.loop import loop_config
+
+    with pytest.raises(ValueError, match=f"loop.{key}={value}: it must be >= "):
+        loop_config({key: value})

@@ -76,3 +76,13 @@ def test_token_windows_shift_and_resume_determinism():
 
 def test_wikipedia_sample_has_many_articles():
     assert len([d for d in builtin_articles() if len(d) > 5000]) > 50
+
+
+def test_text_that_is_not_utf8_is_refused_naming_file_and_offset_unless_replace_is_asked(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"latin1.txt is not valid UTF-8 \(byte 3"):
+        load_splits("file", str(path))
+    with pytest.warns(UserWarning, match="50 invalid UTF-8 sequence"):
+        splits = load_splits("file", str(path), encoding_errors="replace")
+    assert "caf\ufffd" in splits.train[0]
