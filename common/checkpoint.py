@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **payload}
+    if isinstance(payload.get("model_state_dict"), dict):
+        payload["model_checksum"] = tensors_checksum(payload["model_state_dict"])
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -91,7 +94,24 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
         raise CheckpointError(
             f"checkpoint {path} is a {payload.get('kind')} checkpoint, but a {kind} checkpoint is needed"
         )
+    if "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum saved with them")
     return payload
+
+
+def tensors_checksum(state_dict: dict[str, Any]) -> int:
+    """CRC-32 of every tensor's name, dtype, shape and bytes: one flipped bit in the weights changes it (a
+    torn file is caught by the reader already; a flipped bit in a weight is not, and trains on as nonsense)."""
+    crc = 0
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        if not torch.is_tensor(value):
+            continue
+        tensor = value.detach().cpu().contiguous()
+        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        if tensor.numel():
+            crc = zlib.crc32(tensor.view(-1).view(torch.uint8).numpy(), crc)
+    return crc
 
 
 def resolve_resume(resume: str | os.PathLike | None) -> Path | None:

@@ -102,3 +102,16 @@ def test_resolve_resume_accepts_a_file_or_a_run_folder(tmp_path):
     assert resolve_resume(manager.last) == manager.last
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         resolve_resume(tmp_path / "elsewhere.pt")
+
+
+def test_a_flipped_bit_in_the_weights_is_caught_on_load(tmp_path):
+    """The file stays a valid torch file; only the checksum saved beside the weights tells."""
+    path = save_checkpoint(tmp_path / "c.pt", _payload(step=1))
+    payload = torch.load(path, weights_only=True)
+    name = next(k for k, v in payload["model_state_dict"].items() if v.is_floating_point() and v.numel())
+    flipped = payload["model_state_dict"][name].clone()
+    flipped.view(-1).view(torch.int32)[0] ^= 1 << 30  # an exponent bit: 1e-2 becomes ~1e36
+    payload["model_state_dict"][name] = flipped
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="c.pt is corrupted"):
+        load_checkpoint(path)
