@@ -53,7 +53,7 @@ def open_storage(url: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:"):
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return _locked(url, lambda: RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return RDBStorage(
         url,
@@ -85,6 +85,18 @@ def _pruner(spec: StudySpec):
     return optuna.pruners.NopPruner()
 
 
+def _locked(sqlite_url: str, create):
+    """create() under a file lock beside the database: two processes creating a new SQLite storage at once both
+    write its schema version, and one fails (UNIQUE constraint failed: alembic_version)."""
+    import fcntl
+
+    db = Path(sqlite_url.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return create()
+
+
 def open_study(spec: StudySpec, storage_url: str):
     import optuna
 
@@ -113,7 +125,7 @@ def requeue(study, params: dict, system_attrs: dict, retry_of: int) -> None:
     """Queue `params` again as a new trial of the study."""
     from optuna.trial import TrialState
 
-    params = params or _grid_point(study, system_attrs)
+    params = _grid_point(study, system_attrs) or params  # all of a grid point, also if killed mid-suggest
     if not params:  # killed before it chose any: the sampler draws for the next trial as for any other
         return
     study.enqueue_trial(params, user_attrs={"retry_of": retry_of}, skip_if_exists=False)
