@@ -110,15 +110,31 @@ def open_study(spec: StudySpec, storage_url: str):
     )
 
 
-def requeue_stale_trials(study) -> int:
-    """Mark trials left RUNNING (by a process that died) as failed and queue their parameters again."""
+def requeue_stale_trials(study) -> list[int]:
+    """Mark trials left RUNNING (by a process that died) as failed and queue their parameters again; returns
+    their numbers."""
     from optuna.trial import TrialState
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         requeue(study, trial.params, trial.system_attrs, trial.number)
-    return len(stale)
+    return [trial.number for trial in stale]
+
+
+def _trial_filter(spec: StudySpec, number: int) -> str:
+    return f"tags.optuna_study = '{spec.name}' and tags.optuna_trial = '{number}'"
+
+
+def fail_tracking_runs(spec: StudySpec, numbers: list[int]) -> None:
+    """The MLflow runs of trials whose worker died end FAILED, not RUNNING forever."""
+    from common.tracking import Store
+
+    store = Store()
+    for number in numbers:
+        for run_id in store.run_ids(spec.phase, _trial_filter(spec, number)):
+            store.set_tags(run_id, {"optuna_state": "FAIL"})
+            store.set_status(run_id, "FAILED")
 
 
 def requeue(study, params: dict, system_attrs: dict, retry_of: int) -> None:
@@ -282,8 +298,7 @@ def _tag_trial_run(spec: StudySpec, logger: str):
         from common.tracking import Store
 
         store = Store()
-        trial_filter = f"tags.optuna_study = '{spec.name}' and tags.optuna_trial = '{trial.number}'"
-        for run_id in store.run_ids(spec.phase, trial_filter):
+        for run_id in store.run_ids(spec.phase, _trial_filter(spec, trial.number)):
             store.set_tags(run_id, {"optuna_state": trial.state.name})
             if trial.state.name == "PRUNED":
                 store.set_status(run_id, "KILLED")
@@ -337,7 +352,9 @@ def run_study(
     if is_local(storage_url):
         requeued = requeue_stale_trials(study)
         if requeued:
-            print(f"{requeued} trial(s) left running by an earlier, interrupted run: marked failed and queued again")
+            print(f"{len(requeued)} trial(s) left running by an earlier, interrupted run: failed and queued again")
+            if logger == "mlflow":
+                fail_tracking_runs(spec, requeued)
     parent = parent_run_id(study, spec, size) if logger == "mlflow" else None
     missing = spec.n_trials - len(study.get_trials(deepcopy=False, states=_counted_states()))
     quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]

@@ -136,3 +136,20 @@ def test_sigterm_stops_the_sweep_and_a_rerun_finishes_it(tmp_path):
     open(study_file, "w").write(spec_text.replace("loop.max_steps=400", "loop.max_steps=2"))
     summary = run_study(study_file, storage=storage, logger="none")
     assert summary["n_complete"] == 4 and summary["n_running"] == 0
+
+
+def test_a_dead_workers_trial_ends_failed_in_mlflow_too(tmp_path, mlflow_store):
+    """A trial left RUNNING by a killed worker: Optuna marks it failed and queues it again, and its MLflow run
+    is ended FAILED instead of staying RUNNING (and counted) forever."""
+    from common.tracking import MLflowLogger, Store
+    from sweeps.run import fail_tracking_runs, requeue_stale_trials
+
+    spec = load_study(_study_file(tmp_path, name="dead"))
+    study = open_study(spec, f"sqlite:///{tmp_path / 'optuna.db'}")
+    study.ask()  # trial 0, RUNNING, as a worker leaves it when killed
+    run = MLflowLogger("phase1", tags={"optuna_study": "dead", "optuna_trial": 0})
+    assert requeue_stale_trials(study) == [0]
+    fail_tracking_runs(spec, [0])
+    store = Store()
+    assert store.client.get_run(run.run_id).info.status == "FAILED"
+    assert store.client.get_run(run.run_id).data.tags["optuna_state"] == "FAIL"
