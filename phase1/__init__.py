@@ -8,7 +8,7 @@ Each name is imported from its module on first use (module-level __getattr__): C
 import, and phase1.data or phase1.rd do not need it.
 """
 
-import importlib
+from common.exports import lazy_exports
 
 _EXPORTS = {
     "phase1.hpcm": ["HPCM", "HPCMConfig", "build_hpcm", "load_hpcm_state_dict"],
@@ -18,17 +18,4 @@ _EXPORTS = {
     "phase1.evaluate": ["evaluate_image", "evaluate_checkpoints"],
     "phase1.rd": ["bd_rate", "bd_psnr"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'phase1' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value  # later look-ups find it without calling __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -7,7 +7,7 @@ Each name is imported from its module on first use (module-level __getattr__), s
 e.g. phase2.tokenizer, does not import the models, matplotlib or the training loop.
 """
 
-import importlib
+from common.exports import lazy_exports
 
 _EXPORTS = {
     "phase2.config": ["Phase2Config", "PRESETS", "get_phase2_preset"],
@@ -20,17 +20,4 @@ _EXPORTS = {
     "phase2.generate": ["Sampling", "generate_ids"],
     "phase2.diagnostics": ["run_diagnostics"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'phase2' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value  # later look-ups find it without calling __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
