@@ -185,3 +185,24 @@ class CheckpointManager:
         steps = sorted(p for p in self.folder.iterdir() if _STEP_FILE.match(p.name))
         for old in steps[: -self.keep_last]:
             old.unlink()
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], source: str | os.PathLike) -> None:
+    """`model.load_state_dict(state_dict)`, with a checkpoint of another model size or kind refused in one line
+    that names `source` and what differs (torch's own error lists every key over many lines)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape(s) differ (e.g. {k}: checkpoint {tuple(state_dict[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")  # fmt: skip
+        if missing:
+            parts.append(f"{len(missing)} parameter(s) missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(f"checkpoint {source} does not fit this model: {'; '.join(parts)}")
+    model.load_state_dict(state_dict)

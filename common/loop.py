@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from common import runtime
-from common.checkpoint import CheckpointManager
+from common.checkpoint import CheckpointManager, load_model_state
 from common.tracking import Logger, NullLogger
 
 
@@ -135,10 +135,10 @@ class Loop:
         if self.checkpoints is not None:
             self.checkpoints.save(self.payload(), self.state.global_step, is_best=is_best)
 
-    def resume(self, ckpt: Mapping[str, Any]) -> None:
+    def resume(self, ckpt: Mapping[str, Any], source: str = "to resume from") -> None:
         """Restore everything a checkpoint holds. It comes loaded (common.run reads the file once, for the
-        tracking run id and the phase's own extras too)."""
-        unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
+        tracking run id and the phase's own extras too); `source` names it in errors."""
+        load_model_state(unwrap(self.model), ckpt["model_state_dict"], source)
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         if self.scheduler and ckpt["scheduler_state_dict"]:
             self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
@@ -185,12 +185,16 @@ class Loop:
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(
-        self, resumed: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None, run_dir=None
+        self,
+        resumed: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_dir=None,
+        resumed_from: str = "to resume from",
     ) -> dict[str, float]:
         """Resume from a loaded checkpoint (same MLflow run) or record a new run's config and tags, run, and
         close the run with its status: FINISHED, KILLED (stopped by a signal) or FAILED (an exception, re-raised)."""
         if resumed:
-            self.resume(resumed)
+            self.resume(resumed, resumed_from)
             if self.state.global_step >= self.cfg.max_steps and self.is_main:
                 print(
                     f"note: the resumed run is finished (step {self.state.global_step} of loop.max_steps="

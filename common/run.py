@@ -104,7 +104,8 @@ def execute(
             is_main=dist.is_main,
             on_log=on_log,
         )
-        summary = loop.fit(resumed, tags={"phase": kind, **parts.tags, "run_dir": folder}, run_dir=folder)
+        tags = {"phase": kind, **parts.tags, "run_dir": folder}
+        summary = loop.fit(resumed, tags=tags, run_dir=folder, resumed_from=str(resume_from))
     finally:
         runtime.shutdown_distributed()
     if dist.is_main and parts.after_fit is not None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from common import config as configs
 from common import run, runtime
-from common.checkpoint import load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from common.loop import Loop, StepHooks, unwrap
 from common.optim import CautiousAdam
 from common.run import RunParts
@@ -167,10 +167,12 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
     """Text, tokenizer, the model, its optimizer and the next-token step; common.run.execute does the rest.
 
     A resumed run takes its tokenizer from the checkpoint, so the token ids mean what they meant."""
+    if resumed is not None and "tokenizer_json" not in resumed:
+        raise CheckpointError(f"checkpoint {cfg.resume} holds no tokenizer: not a Phase 2 training checkpoint")
     tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, seq_len=cfg.seq_len).to(device)
     if cfg.init_from and not resumed:
-        model.load_state_dict(load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"])
+        load_model_state(model, load_checkpoint(cfg.init_from, kind=KIND)["model_state_dict"], cfg.init_from)
     hooks = partial(
         LanguageModelHooks,
         device=device,

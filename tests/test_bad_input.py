@@ -160,6 +160,8 @@ CASES = [
     ("p2 invalid override", "phase2.train", [*P2, "optim.no_such_key=1"], ["no_such_key"]),
     ("p2 wrong type", "phase2.train", [*P2, "batch_size=many"], ["batch_size", "must be a number"]),
     ("p2 truncated checkpoint", "phase2.train", [*P2, "resume={d}/cut2.pt"], ["cut2.pt", "truncated"]),
+    ("p2 resume a bare checkpoint", "phase2.train", [*P2, "resume={d}/lm.pt"], ["lm.pt", "holds no tokenizer"]),
+    ("p2 init_from another model", "phase2.train", [*P2, "init_from={d}/lm.pt"], ["lm.pt", "does not fit"]),
     (
         "p2 other phase",
         "phase2.train",

@@ -115,3 +115,16 @@ def test_a_flipped_bit_in_the_weights_is_caught_on_load(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="c.pt is corrupted"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_model_size_is_one_line_naming_what_differs():
+    from common.checkpoint import load_model_state
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8))
+    other = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    with pytest.raises(CheckpointError) as err:
+        load_model_state(model, other.state_dict(), "big.pt")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("checkpoint big.pt does not fit this model: 2 shape(s) differ")
+    assert "0.weight: checkpoint (16, 4), model (8, 4)" in message and "2 unexpected (e.g. 2.weight)" in message
+    load_model_state(model, torch.nn.Sequential(torch.nn.Linear(4, 8)).state_dict(), "same.pt")  # fits: loads
