@@ -13,7 +13,7 @@ import pickle
 import re
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,24 +94,34 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", kind: str | Non
         raise CheckpointError(
             f"checkpoint {path} is a {payload.get('kind')} checkpoint, but a {kind} checkpoint is needed"
         )
-    if "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
-        raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum saved with them")
+    check_checksum(payload, path)
     return payload
+
+
+def tensor_records(state_dict: dict[str, Any]) -> Iterator[tuple[bytes, bytes]]:
+    """(b"name|dtype|shape", raw bytes) of every tensor, sorted by name: what a checksum or hash of weights covers."""
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        if not torch.is_tensor(value):
+            continue
+        tensor = value.detach().cpu().contiguous()
+        data = tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        yield f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), data
 
 
 def tensors_checksum(state_dict: dict[str, Any]) -> int:
     """CRC-32 of every tensor's name, dtype, shape and bytes: one flipped bit in the weights changes it (a
     torn file is caught by the reader already; a flipped bit in a weight is not, and trains on as nonsense)."""
     crc = 0
-    for name in sorted(state_dict):
-        value = state_dict[name]
-        if not torch.is_tensor(value):
-            continue
-        tensor = value.detach().cpu().contiguous()
-        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
-        if tensor.numel():
-            crc = zlib.crc32(tensor.view(-1).view(torch.uint8).numpy(), crc)
+    for header, data in tensor_records(state_dict):
+        crc = zlib.crc32(data, zlib.crc32(header, crc))
     return crc
+
+
+def check_checksum(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """A checkpoint whose weights no longer match the checksum saved with them is refused, naming the file."""
+    if "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum saved with them")
 
 
 def resolve_resume(resume: str | os.PathLike | None) -> Path | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import CheckpointError, write_atomically
+from common.checkpoint import CheckpointError, tensor_records, write_atomically
 from phase1.data import UnsupportedImageError, read_rgb
 from phase1.hpcm import HPCM, canonical_name
 from phase1.weights import load_codec
@@ -111,10 +111,9 @@ def _read_str(data: bytes, off: int):
 def weights_hash(model: HPCM) -> bytes:
     """8-byte BLAKE2b of all weights and coding tables (name, dtype, shape, bytes; sorted by name)."""
     h = hashlib.blake2b(digest_size=8)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for header, data in tensor_records(model.state_dict()):
+        h.update(header)
+        h.update(data)
     return h.digest()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import CheckpointError, read_torch_file, tensors_checksum
+from common.checkpoint import CheckpointError, check_checksum, read_torch_file
 from phase1.hpcm import CONFIGS, HPCM, build_hpcm, canonical_name, load_hpcm_state_dict
 
 
@@ -26,8 +26,7 @@ def read_checkpoint(path: str | Path, model_name: str | None = None):
     if isinstance(obj, dict) and obj.get("kind") not in (None, "phase1"):  # e.g. a Phase 2 language model
         raise CheckpointError(f"checkpoint {path} is a {obj['kind']} checkpoint, but a phase1 checkpoint is needed")
     if isinstance(obj, dict) and "model_state_dict" in obj:
-        if "model_checksum" in obj and obj["model_checksum"] != tensors_checksum(obj["model_state_dict"]):
-            raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match their checksum")
+        check_checksum(obj, path)
         cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
         meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": (cfg.get("optim") or {}).get("name")}
         if model_name is None and isinstance(cfg.get("model"), dict):

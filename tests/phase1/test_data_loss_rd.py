@@ -144,3 +144,24 @@ def test_rd_plot_is_written(tmp_path):
         {"adam": _curve([0.2, 0.4], [28, 31]), "balanced": _curve([0.2, 0.4], [28.5, 31.2])}, tmp_path / "rd.png"
     )
     assert path.stat().st_size > 5000
+
+
+def _png_16bit_rgb(path, height=8, width=8):
+    """A 16-bit RGB PNG (Pillow opens it as mode RGB and would cut it to 8 bits)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + np.full((width, 3), 40000, ">u2").tobytes() for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    signature = b"\x89PNG\r\n\x1a\n"
+    path.write_bytes(signature + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_is_refused_not_cut_to_8_bits(tmp_path):
+    _png_16bit_rgb(tmp_path / "deep_rgb.png")
+    assert Image.open(tmp_path / "deep_rgb.png").mode == "RGB"  # what Pillow reports: the trap
+    with pytest.raises(ValueError, match="deep_rgb.png has 16-bit"):
+        load_rgb(tmp_path / "deep_rgb.png")
