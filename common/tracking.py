@@ -138,14 +138,11 @@ def ensure_store(tracking_uri: str | None = None) -> str:
     """Create (migrate) the store once, under a lock, before any parallel use. Returns the URI."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
-        import fcntl
+        from mlflow.tracking import MlflowClient
 
-        db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            from mlflow.tracking import MlflowClient
+        from common.sqlite_lock import creation_lock
 
+        with creation_lock(uri):
             MlflowClient(uri).search_experiments(max_results=1)
     return uri
 

@@ -53,7 +53,10 @@ def open_storage(url: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:"):
-        return _locked(url, lambda: RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}))
+        from common.sqlite_lock import creation_lock
+
+        with creation_lock(url):  # a new storage's schema is written by one process at a time
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return RDBStorage(
         url,
@@ -83,18 +86,6 @@ def _pruner(spec: StudySpec):
     if spec.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.pruner_warmup_evals)
     return optuna.pruners.NopPruner()
-
-
-def _locked(sqlite_url: str, create):
-    """create() under a file lock beside the database: two processes creating a new SQLite storage at once both
-    write its schema version, and one fails (UNIQUE constraint failed: alembic_version)."""
-    import fcntl
-
-    db = Path(sqlite_url.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return create()
 
 
 def open_study(spec: StudySpec, storage_url: str):
