@@ -203,7 +203,9 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], source:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    # Only parameters: buffers such as CompressAI's CDF tables are sized by the model's own load_state_dict.
+    params = dict(model.named_parameters())
+    shapes = [k for k in params if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if missing or unexpected or shapes:
         parts = []
         if shapes:

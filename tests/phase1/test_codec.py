@@ -188,3 +188,23 @@ def test_python_dash_m_entry_point(files, tmp_path):
     assert "bpp (whole file)" in res.stdout
     data = (tmp_path / "a.hpcm").read_bytes()
     assert data[:4] == codec.MAGIC and struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+
+
+def test_a_codec_checkpoint_with_its_cdf_tables_loads_into_a_fresh_codec():
+    # evaluation calls update(), which sizes the entropy models' CDF buffers; a resume builds the codec anew,
+    # with those buffers empty, and must still take the checkpoint (CompressAI's load_state_dict resizes them)
+    from common.checkpoint import load_model_state
+
+    trained = build_hpcm("tiny")
+    trained.update(force=True)
+    state = trained.state_dict()
+    assert state["scale_table"].numel() > 0
+    fresh = build_hpcm("tiny")
+    assert fresh.state_dict()["scale_table"].numel() == 0
+    load_model_state(fresh, state, "last.pt")
+    assert torch.equal(fresh.state_dict()["scale_table"], state["scale_table"])
+    wider = build_hpcm("tiny").state_dict()
+    key = next(k for k, v in wider.items() if v.dim() == 4)
+    wider[key] = torch.zeros(wider[key].shape[0] + 1, *wider[key].shape[1:])
+    with pytest.raises(CheckpointError, match="does not fit this model: 1 shape"):
+        load_model_state(fresh, wider, "wider.pt")  # a parameter of another size is still refused

@@ -80,7 +80,8 @@ def _bk_leaves(shape, dtype, seed, delta=0.3):
 
 def _value_and_grads(fn, leaves, w):
     out = fn(*leaves)
-    grads = torch.autograd.grad((out * w).real.sum(), leaves)
+    # materialize: with T = 1 the reference loop never reads k (g_0 = 0), so its dk is zeros, not missing
+    grads = torch.autograd.grad((out * w).real.sum(), leaves, allow_unused=True, materialize_grads=True)
     return out.detach(), grads
 
 
