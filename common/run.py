@@ -13,7 +13,9 @@ mean the same in every phase. A phase's `train(cfg)` is its build function and o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,15 @@ class RunParts:
     after_fit: Callable[[Loop, Path], None] | None = None
 
 
+@dataclass(frozen=True)
+class Objective:
+    """The config keys (dotted, whole subtrees) that define what a run minimises, less those that only say how
+    it is computed (a kernel choice, a chunk length): a resume may not change the first kind silently."""
+
+    keys: tuple[str, ...] = ("model", "loop.monitor")
+    ignore: tuple[str, ...] = ()
+
+
 # build(cfg, device, resumed): `resumed` is the resume checkpoint, loaded, or None for a fresh run.
 BuildParts = Callable[[DictConfig, torch.device, dict[str, Any] | None], RunParts]
 
@@ -69,11 +80,13 @@ def execute(
     kind: str,
     build: BuildParts,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
     """Train per `cfg` with the parts `build` makes; returns the loop's summary (the final metrics).
 
     `kind` ("phase1") marks the checkpoints, and a resume checkpoint of another kind is refused. `on_log(step,
-    metrics)` sees every logged point (sweeps report intermediate values through it)."""
+    metrics)` sees every logged point (sweeps report intermediate values through it). A resume that changes
+    the `objective` is refused unless `resume_allow_changes=true`, which restarts best.pt under the new one."""
     loop_cfg = loop_config(cfg.loop)  # a bad loop option or a missing value is refused before anything is created
     plain = configs.to_plain(cfg)
     dist = runtime.init_distributed()
@@ -82,6 +95,11 @@ def execute(
         device = runtime.pick_device(cfg.device)
         resume_from = resolve_resume(cfg.resume)
         resumed = load_checkpoint(resume_from, kind=kind) if resume_from else None
+        changes = _objective_changes(
+            resumed, plain, objective or Objective(), resume_from, cfg.get("resume_allow_changes")
+        )
+        if changes:
+            resumed = {**resumed, "best_val_loss": math.inf}  # the old best was measured on another objective
         parts = build(cfg, device, resumed)
         model = _distribute(parts.model, dist, device)
         hooks = parts.hooks(model, parts.optimizer)
@@ -90,6 +108,11 @@ def execute(
         # created only now: a mistake found while building leaves no tracking run behind
         run_id = (resumed or {}).get("mlflow_run_id") or None
         logger = create_logger(cfg.logger, run_id=run_id, is_main=dist.is_main)
+        if changes:  # MLflow keeps a param's first value: the new values go on the run as tags
+            step = resumed.get("global_step", 0)
+            logger.set_tags(
+                {f"resume_changed.{k}": f"{old} -> {new} (at step {step})" for k, (old, new) in changes.items()}
+            )
         folder = configs.run_dir(cfg)
         checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
         loop = Loop(
@@ -111,6 +134,54 @@ def execute(
     if dist.is_main and parts.after_fit is not None:
         parts.after_fit(loop, folder)
     return summary
+
+
+def _objective_changes(
+    resumed: dict[str, Any] | None,
+    plain: dict[str, Any],
+    objective: Objective,
+    source: Path | None,
+    allowed: bool | None,
+) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (checkpoint's value, this run's)} for the objective's settings that a resume changes.
+
+    Refused (UserError) unless `allowed`: continuing under another lambda or model silently would mix two
+    objectives in one curve, one best.pt and one MLflow run whose params still show the first."""
+    if not resumed or not isinstance(resumed.get("config"), dict):
+        return {}
+    old, new = _leaves(resumed["config"], objective.keys), _leaves(plain, objective.keys)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in objective.ignore)
+    changes = {k: (old.get(k), new.get(k)) for k in changed}
+    if changes and not allowed:
+        first, (was, now) = next(iter(changes.items()))
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise configs.UserError(
+            f"resume: {source} was trained with {first}={was!r}, this run has {first}={now!r}{more}; "
+            "set resume_allow_changes=true to continue under the new objective (best.pt restarts)"
+        )
+    if changes:
+        print(f"note: resuming under a changed objective: {', '.join(changes)}; best.pt restarts", file=sys.stderr)
+    return changes
+
+
+def _leaves(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The leaves under each dotted key of a nested dict, by their dotted path."""
+    found: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                walk(f"{prefix}.{name}", sub)
+        else:
+            found[prefix] = value
+
+    for key in keys:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            walk(key, node)
+    return found
 
 
 def _distribute(model: nn.Module, dist: runtime.DistInfo, device: torch.device) -> nn.Module:

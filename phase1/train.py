@@ -26,6 +26,7 @@ from phase1.evaluate import evaluate_images
 from phase1.loss import RateDistortionLoss, psnr
 
 KIND = "phase1"
+OBJECTIVE = run.Objective(keys=("lmbda", "loss_metric", "model", "loop.monitor"))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -203,7 +204,7 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
     """Train per `cfg` (see experiments/phase1/train.yaml); returns the final metrics.
 
     `on_log(step, metrics)` sees every logged point (sweeps report intermediate values through it)."""
-    return run.execute(cfg, KIND, build_parts, on_log)
+    return run.execute(cfg, KIND, build_parts, on_log, objective=OBJECTIVE)
 
 
 @configs.main("phase1")

@@ -32,6 +32,10 @@ from phase2.factory import build_model
 from phase2.tokenizer import build_tokenizer, encode_documents, tokenizer_from_json
 
 KIND = "phase2"
+OBJECTIVE = run.Objective(
+    keys=("model", "tokenizer", "loop.monitor"),
+    ignore=tuple(f"model.overrides.{k}" for k in ("ops_impl", "triton_block_size", "chunk_size")),  # same outputs
+)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -203,7 +207,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
 
 def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train per `cfg` (see experiments/phase2/train.yaml); returns the final metrics."""
-    return run.execute(cfg, KIND, build_parts, on_log)
+    return run.execute(cfg, KIND, build_parts, on_log, objective=OBJECTIVE)
 
 
 def _model_name(cfg_model: DictConfig) -> str:

@@ -115,6 +115,10 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
         {"kind": "phase1", "model_state_dict": build_hpcm("tiny").state_dict(), "config": {"model": {"name": "tiny"}}},
     )
     save_checkpoint(d / "lm.pt", {"kind": "phase2", "model_state_dict": {}})
+    from common.config import compose, to_plain
+
+    trained = to_plain(compose("phase1", [*P1, "lmbda=0.0067"]))  # a run of P1 under another lambda
+    save_checkpoint(d / "run1.pt", {"kind": "phase1", "model_state_dict": {}, "config": trained, "global_step": 1})
     for name, kind in (("cut1.pt", "phase1"), ("cut2.pt", "phase2")):
         path = save_checkpoint(d / name, {"kind": kind, "model_state_dict": {"w": torch.zeros(1000)}})
         path.write_bytes(path.read_bytes()[:300])
@@ -146,6 +150,12 @@ CASES = [
     ("p1 invalid override", "phase1.train", [*P1, "lamda=0.01"], ["Could not override 'lamda'"]),
     ("p1 wrong type", "phase1.train", [*P1, "optim.lr=fast"], ["optim.lr='fast' must be a number"]),
     ("p1 truncated checkpoint", "phase1.train", [*P1, "resume={d}/cut1.pt"], ["cut1.pt", "truncated"]),
+    (
+        "p1 resume under another lambda",
+        "phase1.train",
+        [*P1, "resume={d}/run1.pt"],
+        ["run1.pt", "lmbda=0.0067", "lmbda=0.013", "resume_allow_changes=true"],
+    ),
     ("p1 other phase", "phase1.train", [*P1, "resume={d}/lm.pt"], ["phase2 checkpoint", "phase1 checkpoint is needed"]),
     (
         "p2 missing text",

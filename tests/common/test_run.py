@@ -120,3 +120,19 @@ def test_noam_needs_a_model_width(tmp_path):
     cfg = toy_config(tmp_path, "noam-ok", max_steps=1)
     cfg.schedule.name = "noam"
     run.execute(cfg, "toy", ToyPhase(d_model=16).build)
+
+
+def test_objective_changes_name_each_changed_leaf_and_skip_the_ignored_ones():
+    from common.config import UserError
+
+    objective = run.Objective(keys=("model", "lmbda"), ignore=("model.overrides.ops_impl",))
+    old = {"model": {"preset": "small", "overrides": {"ops_impl": "triton"}}, "lmbda": 0.01, "seed": 1}
+    same_but_how = {"model": {"preset": "small", "overrides": {"ops_impl": "torch"}}, "lmbda": 0.01, "seed": 2}
+    resumed = {"config": old, "global_step": 5}
+    assert run._objective_changes(resumed, same_but_how, objective, "a.pt", allowed=False) == {}
+    other = {"model": {"preset": "base", "overrides": {"eta": 0.2}}, "lmbda": 0.01}
+    with pytest.raises(UserError, match=r"a\.pt was trained with model\.overrides\.eta=None, .* \(and 1 more\)"):
+        run._objective_changes(resumed, other, objective, "a.pt", allowed=False)
+    changes = run._objective_changes(resumed, other, objective, "a.pt", allowed=True)
+    assert changes == {"model.overrides.eta": (None, 0.2), "model.preset": ("small", "base")}
+    assert run._objective_changes(None, other, objective, "a.pt", allowed=False) == {}  # a fresh run

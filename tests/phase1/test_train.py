@@ -242,3 +242,28 @@ def test_init_from_starts_training_from_the_checkpoint_weights(tmp_path):
     model = build_parts(cfg, torch.device("cpu"), None).model
     for name, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_resume_under_another_lambda_needs_consent_and_restarts_best(tmp_path, mlflow_store):
+    import mlflow
+
+    from common.config import UserError
+
+    common = [*FAST, "loop.eval_every=2", "loop.ckpt_every=2", "eval.real_bitstreams=false"]
+    train(compose("phase1", [*common, "loop.max_steps=2", "lmbda=0.0067", f"checkpoint.dir={tmp_path}"]))
+    first = load_checkpoint(tmp_path / "last.pt")
+    later = [*common, "loop.max_steps=4", "lmbda=0.013", f"resume={tmp_path / 'last.pt'}", f"checkpoint.dir={tmp_path}"]
+    with pytest.raises(UserError, match=r"was trained with lmbda=0\.0067, this run has lmbda=0\.013"):
+        train(compose("phase1", later))
+    assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 2  # the refused resume wrote nothing
+    summary = train(compose("phase1", [*later, "resume_allow_changes=true"]))
+    assert summary["global_step"] == 4
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    # best.pt restarted: the best is the new objective's one evaluation, whatever the old one scored
+    new_evals = [p["val/loss"] for p in resumed["history"] if "val/loss" in p][1:]
+    assert resumed["best_val_loss"] == pytest.approx(min(new_evals))
+    assert min(new_evals) > first["best_val_loss"]  # so a best kept from the old objective would show
+    mlflow.set_tracking_uri(mlflow_store)
+    (run,) = mlflow.search_runs(experiment_names=["phase1"]).to_dict("records")
+    assert run["tags.resume_changed.lmbda"] == "0.0067 -> 0.013 (at step 2)"
+    assert run["params.lmbda"] == "0.0067"  # MLflow keeps the first value; the tag says what changed
