@@ -40,11 +40,18 @@ class TrackingUnavailableError(ConnectionError):
     """The tracking store cannot be reached when a run starts; one line naming the URI and the way out."""
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def check_reachable(tracking_uri: str) -> None:
-    """Ask an http(s) tracking server for its health page; a local store needs no check."""
+    """Ask an http(s) tracking server for its health page; check that a local SQLite store is one and is
+    writable. Either fails in one line naming the store (MLflow's own errors are long SQL tracebacks)."""
     import urllib.error
     import urllib.request
 
+    if tracking_uri.startswith("sqlite:///"):
+        _check_sqlite_store(Path(tracking_uri.removeprefix("sqlite:///")))
+        return
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
@@ -56,6 +63,30 @@ def check_reachable(tracking_uri: str) -> None:
             f"tracking server {tracking_uri} is unreachable ({reason}): start it (make mlflow-server), point "
             "MLFLOW_TRACKING_URI at a running one, or train without tracking (logger=none)"
         ) from None
+
+
+def _check_sqlite_store(path: Path) -> None:
+    way_out = "point MLFLOW_TRACKING_URI at another store, or train without tracking (logger=none)"
+    if path.is_dir():
+        raise TrackingUnavailableError(f"tracking store {path} is a folder, not an SQLite file: {way_out}")
+    if path.exists():
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:  # an empty file is a store MLflow has yet to create
+            raise TrackingUnavailableError(
+                f"tracking store {path} is not an SQLite database (corrupted?): move it aside to start a new "
+                f"one, or {way_out}"
+            )
+        if not os.access(path, os.W_OK):
+            raise TrackingUnavailableError(f"tracking store {path} is read-only: {way_out}")
+    elif not os.access(_existing_parent(path.parent), os.W_OK):
+        raise TrackingUnavailableError(f"tracking store {path} cannot be created (read-only folder): {way_out}")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def default_tracking_uri() -> str:
@@ -138,6 +169,7 @@ def ensure_store(tracking_uri: str | None = None) -> str:
     """Create (migrate) the store once, under a lock, before any parallel use. Returns the URI."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
+        check_reachable(uri)
         from mlflow.tracking import MlflowClient
 
         from common.sqlite_lock import creation_lock
@@ -336,6 +368,7 @@ class Store:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
+        check_reachable(self.tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
 
     def experiment_names(self) -> list[str]:

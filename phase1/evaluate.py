@@ -121,6 +121,25 @@ def evaluate_checkpoints(checkpoints: list[str], data: str, device: torch.device
     }
 
 
+CURVE_KEYS = ("bpp", "psnr")  # each point's; the bootstrap also reads bpp_per_image and psnr/mse_per_image
+
+
+def read_curve(path: str) -> list[dict]:
+    """The points of an R-D curve JSON written by this module; a file that is not one is a ValueError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    points = data.get("points") if isinstance(data, dict) else None
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"{path} holds no 'points' list: write it with `python -m phase1.evaluate CKPT... --out`")
+    for i, point in enumerate(points):
+        missing = [k for k in CURVE_KEYS if not isinstance(point, dict) or not isinstance(point.get(k), (int, float))]
+        if missing:
+            raise ValueError(f"{path}: point {i} has no number for {', '.join(missing)}")
+    return points
+
+
 def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) -> dict:
     """BD-rate/BD-PSNR of two curves written by this module (PSNR: mean of per-image PSNR, as CompressAI), with
     a paired per-image bootstrap interval of `bootstrap` resamples. With fewer images than
@@ -128,8 +147,7 @@ def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) 
     there would look like an interval without being one."""
     from phase1 import rd
 
-    anchor = json.loads(Path(anchor_json).read_text())["points"]
-    test = json.loads(Path(test_json).read_text())["points"]
+    anchor, test = read_curve(anchor_json), read_curve(test_json)
     low, high, fraction = rd.quality_overlap(anchor, test)
     summary = {
         "bd_rate_percent": rd.bd_rate(anchor, test),
@@ -138,6 +156,9 @@ def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) 
         "psnr_overlap_fraction_of_anchor": fraction,
     }
     if bootstrap:
+        for path, curve in ((anchor_json, anchor), (test_json, test)):
+            if not all("bpp_per_image" in p and ({"psnr_per_image", "mse_per_image"} & p.keys()) for p in curve):
+                raise ValueError(f"{path} has no per-image numbers, which the bootstrap resamples (--bootstrap 0)")
         summary["bootstrap"] = rd.bd_rate_bootstrap(anchor, test, samples=bootstrap)
     if plot:
         rd.plot_rd({Path(anchor_json).stem: anchor, Path(test_json).stem: test}, plot)

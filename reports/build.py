@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import REPO_ROOT
+from common.config import run_guarded
 from common.tracking import Store, default_tracking_uri
 
 OUT_ROOT = REPO_ROOT / "reports" / "out"
@@ -34,6 +35,9 @@ class Report:
     title: str
     folder: Path
     blocks: list[str] = field(default_factory=list)  # Markdown blocks
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)  # sections save their plots before write()
 
     def heading(self, text: str) -> None:
         self.blocks.append(f"## {text}")
@@ -48,7 +52,6 @@ class Report:
         self.blocks.append(f"![{caption}]({name})\n\n*{caption}*")
 
     def write(self) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         md = f"# {self.title}\n\n" + "\n\n".join(self.blocks) + "\n"
         (self.folder / "index.md").write_text(md)
         (self.folder / "index.html").write_text(_html(self.title, self.blocks))
@@ -588,9 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study")
     parser.add_argument("--storage", help="Optuna storage URL for study plots (default: the sweep defaults)")
     args = parser.parse_args(argv)
-    path = build(args.experiment, args.study, args.storage)
-    print(f"report: {path}  (HTML: {path.with_suffix('.html')})")
-    return 0
+
+    def body() -> None:
+        path = build(args.experiment, args.study, args.storage)
+        print(f"report: {path}  (HTML: {path.with_suffix('.html')})")
+
+    return run_guarded(body)
 
 
 if __name__ == "__main__":

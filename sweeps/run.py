@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO_ROOT
+from common.config import run_guarded
 from sweeps.study import StudySpec, load_study
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -383,13 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
     args = parser.parse_args(argv)
-    try:
-        summary = run_study(args.study, args.size, args.workers, args.storage, args.logger, args.sampler)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(summary)
-    return 0
+    return run_guarded(
+        lambda: print(run_study(args.study, args.size, args.workers, args.storage, args.logger, args.sampler))
+    )
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "earlier.png")  # an output written before
     (d / "blank.txt").write_text("  \n")
     (d / "text.txt").write_text("some text to read " * 50)
+    (d / "cut.json").write_text('{"points": [{"bpp": 0.1,')
+    (d / "other.json").write_text('{"results": {"bpp": [0.1]}}')
     (d / "photo.hpcm").write_bytes(b"definitely not an HPCM stream" * 10)
     save_checkpoint(
         d / "codec.pt",
@@ -218,6 +220,13 @@ CASES = [
         ["{d}/cut2.pt", "--prompt", "hi"],
         ["cut2.pt", "truncated"],
     ),
+    (
+        "compare malformed JSON",
+        "phase1.evaluate",
+        ["compare", "{d}/cut.json", "{d}/cut.json"],
+        ["cut.json", "not JSON"],
+    ),
+    ("compare not a curve", "phase1.evaluate", ["compare", "{d}/other.json", "{d}/cut.json"], ["other.json", "points"]),
     ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
     (
         "sweep unknown size",
@@ -246,6 +255,30 @@ def test_bad_input(launcher, files, tmp_path, case, module, args, needles):
     rc, output = launcher(module, argv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{files / 'mlflow.db'}"})
     _assert_one_line(rc, output, needles)
     assert _snapshot(files) == before  # nothing written before is touched, and no partial output appears
+
+
+STORE_CASES = [
+    ("phase1.train", [*P1, "hydra.run.dir={d}/run"]),
+    ("phase2.train", [*P2, "hydra.run.dir={d}/run"]),
+    ("reports.build", ["--experiment", "phase1"]),
+    ("sweeps.run", ["balanced", "--storage", "sqlite:///{d}/optuna.db"]),
+]
+
+
+@pytest.mark.parametrize("module, args", STORE_CASES, ids=[c[0] for c in STORE_CASES])
+@pytest.mark.parametrize("store", ["garbage", "folder"])
+def test_a_broken_tracking_store_is_one_line_naming_it(launcher, tmp_path, module, args, store):
+    path = tmp_path / "mlflow.db"
+    if store == "garbage":
+        path.write_bytes(b"\x00\x01 not a database " * 200)
+    else:
+        path.mkdir()
+    store_now = lambda: path.read_bytes() if store == "garbage" else sorted(path.iterdir())  # noqa: E731
+    before = store_now()
+    argv, env = [a.format(d=tmp_path) for a in args], {"MLFLOW_TRACKING_URI": f"sqlite:///{path}"}
+    rc, output = launcher(module, argv, env=env)
+    _assert_one_line(rc, output, [str(path), "not an SQLite database" if store == "garbage" else "is a folder"])
+    assert rc == 2 and store_now() == before  # the store is left as it was, for its owner to recover
 
 
 def test_launcher_matches_a_fresh_interpreter(launcher, files, tmp_path):

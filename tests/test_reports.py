@@ -72,6 +72,16 @@ def test_empty_store_says_so(mlflow_store, tmp_path):
     assert "holds no runs" in text
 
 
+def test_a_report_with_plots_creates_its_own_folder(mlflow_store, tmp_path):
+    logger = MLflowLogger("phase2", run_name="lm", tags={"phase": "phase2", "model": "debug"})
+    for step in (10, 20):
+        logger.log_metrics({"train/loss": 3.0 - step / 100, "val/loss": 3.1 - step / 100}, step=step)
+    logger.close()
+    report = build(experiment="phase2", out_root=tmp_path / "not" / "yet")  # the curves are saved first
+    assert report.parent == tmp_path / "not" / "yet" / "phase2"
+    assert (report.parent / "phase2_curves.png").stat().st_size > 0 and "phase2_curves.png" in report.read_text()
+
+
 def test_rd_report_matches_direct_computation(mlflow_store, tmp_path):
     import mlflow
 
