@@ -9,7 +9,8 @@ Storage: SQLite (optuna.db at the repo root) for one process; a journal file for
 (SQLite was measured failing with "database is locked" at 16 writers); any SQLAlchemy URL for many machines,
 with heartbeats so a dead worker's trial is failed and retried. Running the same command again continues
 the study: finished trials are not repeated, the trial count is a total across runs, and trials left RUNNING
-by a dead local process are marked failed and their parameters queued again.
+by a dead local process are marked failed and their parameters queued again. A local storage belongs to one
+runner at a time (a second one is refused), since that clean-up would fail a live runner's trials.
 """
 
 from __future__ import annotations
@@ -340,6 +341,28 @@ def run_study(
         from common.tracking import ensure_store
 
         ensure_store()  # migrate the MLflow store once, before several processes use it
+    with _sole_runner(storage_url):
+        return _run(spec, study_file, size, workers, storage_url, logger, sampler)
+
+
+def _sole_runner(storage_url: str):
+    """A local storage is one runner's (its workers included): at start a runner fails the trials it finds
+    RUNNING as left by a dead process, which would kill a live runner's trials. A second one is refused."""
+    import contextlib
+
+    from common.sqlite_lock import sole_user
+
+    if not is_local(storage_url):
+        return contextlib.nullcontext()
+    path = Path(storage_url.removeprefix("journal:").removeprefix("sqlite:///"))
+    return sole_user(
+        path,
+        f"storage {storage_url} is in use by another sweep; a local storage takes one runner: wait for it, "
+        "give it more --workers, or share a PostgreSQL storage between runners",
+    )
+
+
+def _run(spec: StudySpec, study_file: str, size: str, workers: int, storage_url: str, logger: str, sampler):
     study = open_study(spec, storage_url)
     if is_local(storage_url):
         requeued = requeue_stale_trials(study)

@@ -153,3 +153,38 @@ def test_a_dead_workers_trial_ends_failed_in_mlflow_too(tmp_path, mlflow_store):
     store = Store()
     assert store.client.get_run(run.run_id).info.status == "FAILED"
     assert store.client.get_run(run.run_id).data.tags["optuna_state"] == "FAIL"
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{d}/optuna.db", "journal:{d}/journal.log"])
+def test_a_second_runner_on_one_local_storage_is_refused(tmp_path, storage, capsys):
+    import subprocess
+    import sys
+
+    from common import REPO_ROOT
+    from sweeps.run import main
+
+    storage = storage.format(d=tmp_path)
+    path = storage.removeprefix("journal:").removeprefix("sqlite:///")
+    # a live runner: another process holding the storage the way run_study does
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from common.sqlite_lock import sole_user\n"
+            f"with sole_user(Path({path!r}), 'busy'):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main([_study_file(tmp_path, name="shared"), "--storage", storage, "--logger", "none"])
+    finally:
+        holder.kill()
+        holder.wait()
+    error = capsys.readouterr().err.strip()
+    assert rc == 2 and error.startswith(f"error: storage {storage} is in use by another sweep")
+    assert f"pid {holder.pid}" in error and "\n" not in error
+    # the first runner's process is gone (its lock with it): the study runs
+    assert run_study(_study_file(tmp_path, name="shared", n=1), storage=storage, logger="none")["n_complete"] == 1
