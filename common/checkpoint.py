@@ -8,9 +8,11 @@ as a tokenizer (stored as JSON text). Nothing in it needs pickling, so loading n
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,10 +29,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message is one line naming the file and the problem."""
 
 
+class DiskFullError(OSError):
+    """A file could not be written for want of space; one line naming it. What was there before is kept."""
+
+
+# what torch.save raises when the disk fills under it (its zip writer checks the bytes it wrote)
+_TORCH_SHORT_WRITE = ("unexpected pos", "failed writing")
+_LOW_SPACE = 64 << 20  # bytes: after a failed write, less than this left means the disk was the cause
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_SHORT_WRITE):
+        return shutil.disk_usage(folder).free < _LOW_SPACE
+    return False
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """`write(temporary path)` fills a file in `path`'s folder (same suffix, so writers that go by the suffix
     pick the right format); it is fsynced and renamed over `path`. A crash (even SIGKILL) at any point leaves
-    either the old file or the new one, never a torn one."""
+    either the old file or the new one, never a torn one; a full disk is a DiskFullError."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     os.close(fd)
@@ -39,8 +58,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(err, path.parent):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise DiskFullError(
+                f"disk full: {path} could not be written ({free:.1f} MiB free in {path.parent}); the files "
+                "written before are kept: free some space and run again (a training run resumes from last.pt)",
+            ) from None
         raise
     _fsync_dir(path.parent)
     return path

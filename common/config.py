@@ -108,13 +108,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from common.checkpoint import CheckpointError
+    from common.checkpoint import CheckpointError, DiskFullError
     from common.loop import NonFiniteLossError  # a diverged run: its message names the fix
     from common.tracking import TrackingUnavailableError
 
     return (
         UserError,
         CheckpointError,
+        DiskFullError,
         FileNotFoundError,
         ValueError,
         HydraException,

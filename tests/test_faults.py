@@ -447,3 +447,44 @@ def test_a_tracking_server_down_mid_run_warns_once_and_loses_nothing(
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size_bytes) -> a real file system (tmpfs) of that size to fill; mounting one needs root."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"small{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, small_disk):
+    text = tmp_path / "text.txt"
+    text.write_text(builtin_articles()[0] * 4)
+
+    def train(ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = _lm_command(text, ckpt, tmp_path / "run", "loop.ckpt_every=1", *extra)
+        return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+    probe = train(tmp_path / "probe", "loop.max_steps=1")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    size = (tmp_path / "probe" / "last.pt").stat().st_size
+    disk = small_disk(size * 3 // 2)  # room for one checkpoint, not for two
+    first = train(disk, "loop.max_steps=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    full = train(disk, "loop.max_steps=4", f"resume={disk / 'last.pt'}")
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: disk full: ") and "step_00000002.pt" in errors[0]
+    assert load_checkpoint(disk / "last.pt")["global_step"] == 1  # the last good one, whole
+    assert sorted(p.name for p in disk.iterdir()) == ["best.pt", "last.pt", "step_00000001.pt"]
