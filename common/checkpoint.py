@@ -46,6 +46,35 @@ def _out_of_space(err: BaseException, folder: Path) -> bool:
     return False
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a file where a folder must be, a read-only folder), found before
+    the work that would fill it; the message is one line naming the option that set it."""
+
+
+def check_folder(folder: str | os.PathLike, key: str) -> Path:
+    """`folder` as a Path if it is, or can be made, a writable folder; else an OutputPathError naming `key`
+    (the option that set it). Creates nothing."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be made: {existing} is a file"
+        raise OutputPathError(f"{key}={folder} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{key}={folder} cannot be written: {existing} is read-only")
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, key: str) -> Path:
+    """`path` as a Path if a file can be written there (its folder made if need be); else an OutputPathError."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{key}={path} is a folder; name a file")
+    check_folder(path.parent, f"{key}'s folder")
+    return path
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """`write(temporary path)` fills a file in `path`'s folder (same suffix, so writers that go by the suffix
     pick the right format); it is fsynced and renamed over `path`. A crash (even SIGKILL) at any point leaves
@@ -181,7 +210,7 @@ class CheckpointManager:
     def __init__(self, folder: str | os.PathLike, keep_last: int = 3):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last} must be >= 1")
-        self.folder = Path(folder)
+        self.folder = check_folder(folder, "checkpoint.dir")  # now, not at the first save hours later
         self.keep_last = keep_last
 
     @property

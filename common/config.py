@@ -212,6 +212,7 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                 if not any(a.startswith("hydra.run.dir=") for a in sys.argv):
                     sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='hydra-rank')}")
             args = get_args_parser().parse_intermixed_args(sys.argv[1:])  # Hydra's own flags and overrides
+            _check_run_folder(args.overrides)
             # a multirun's overrides are sweeps (lmbda=0.1,0.2) and another primary config has other keys
             if not (args.multirun or args.config_name or args.config_path or args.config_dir):
                 try:
@@ -223,6 +224,18 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
         return entry
 
     return wrap
+
+
+def _check_run_folder(overrides: Sequence[str]) -> None:
+    """hydra.run.dir as given: Hydra's own mkdir of a file path ends in a traceback."""
+    from common.checkpoint import OutputPathError, check_folder
+
+    for override in overrides:
+        if override.startswith("hydra.run.dir="):
+            try:
+                check_folder(override.split("=", 1)[1], "hydra.run.dir")
+            except OutputPathError as err:
+                _exit_with(err)
 
 
 def _exit_with(err: BaseException) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.checkpoint import CheckpointError
+from common.checkpoint import CheckpointError, check_output_file, write_atomically
 from phase1.codec import CodecError
 from phase1.data import image_paths, list_images, load_rgb
 from phase1.loss import bits_per_pixel, ms_ssim, psnr
@@ -186,11 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv)
         from common.runtime import pick_device
 
+        out = check_output_file(a.out, "--out") if a.out else None  # before minutes of coding, not after
         result = evaluate_checkpoints(a.checkpoints, a.data, pick_device(a.device), a.name)
         text = json.dumps(result, indent=2)
-        if a.out:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(text + "\n")
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(out, lambda tmp: Path(tmp).write_text(text + "\n"))
             print(f"wrote {a.out}: mean bpp {result['results']['bpp']}, PSNR {result['results']['psnr-rgb']}")
         else:
             print(text)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from common.checkpoint import check_folder  # noqa: E402
 from common.config import run_guarded  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from phase2.evaluate import text_documents  # noqa: E402
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def run() -> None:
+        check_folder(a.out, "--out")  # before the diagnostics run, not after
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         diag = run_diagnostics(lm, text_documents(a.text, a.split), a.tokens)
         tokens = int(diag["gamma_values"][0].shape[1])

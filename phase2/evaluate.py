@@ -18,6 +18,7 @@ import math
 import sys
 from pathlib import Path
 
+from common.checkpoint import check_output_file, write_atomically
 from common.config import run_guarded
 from common.runtime import pick_device
 from phase2.data import TokenWindows, load_splits, read_text_source
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def run() -> None:
+        out = check_output_file(a.json, "--json") if a.json else None  # before the evaluation, not after
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         result = evaluate_text(lm, text_documents(a.text, a.split), a.seq_len, a.batch_size)
         result.update(checkpoint=str(a.checkpoint), text=a.text, split=a.split, step=lm.step)
@@ -80,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.text} ({a.split}): loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.2f}, "
             f"{result['bits_per_byte']:.4f} bits/byte over {result['tokens_scored']:,} tokens"
         )
-        if a.json:
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
 
     return run_guarded(run)
 

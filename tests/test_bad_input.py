@@ -250,7 +250,7 @@ def _assert_one_line(rc: int, output: str, needles: list[str]) -> None:
 def test_bad_input(launcher, files, tmp_path, case, module, args, needles):
     before = _snapshot(files)
     argv = [a.format(d=files) for a in args]
-    if module.endswith(".train"):
+    if module.endswith(".train") and not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.append(f"hydra.run.dir={tmp_path / 'run'}")  # Hydra's own run folder, not the inputs folder
     rc, output = launcher(module, argv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{files / 'mlflow.db'}"})
     _assert_one_line(rc, output, needles)
