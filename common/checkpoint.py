@@ -78,8 +78,10 @@ def check_output_file(path: str | os.PathLike, key: str) -> Path:
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """`write(temporary path)` fills a file in `path`'s folder (same suffix, so writers that go by the suffix
     pick the right format); it is fsynced and renamed over `path`. A crash (even SIGKILL) at any point leaves
-    either the old file or the new one, never a torn one; a full disk is a DiskFullError."""
+    either the old file or the new one, never a torn one; a full disk is a DiskFullError. The folder is made
+    if need be."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -102,8 +104,6 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically (write_atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **payload}
     if isinstance(payload.get("model_state_dict"), dict):
         payload["model_checksum"] = tensors_checksum(payload["model_state_dict"])

@@ -80,7 +80,7 @@ def execute(
     kind: str,
     build: BuildParts,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
-    objective: Objective | None = None,
+    objective: Objective = Objective(),
 ) -> dict[str, float]:
     """Train per `cfg` with the parts `build` makes; returns the loop's summary (the final metrics).
 
@@ -95,9 +95,7 @@ def execute(
         device = runtime.pick_device(cfg.device)
         resume_from = resolve_resume(cfg.resume)
         resumed = load_checkpoint(resume_from, kind=kind) if resume_from else None
-        changes = _objective_changes(
-            resumed, plain, objective or Objective(), resume_from, cfg.get("resume_allow_changes")
-        )
+        changes = _objective_changes(resumed, plain, objective, resume_from, cfg.get("resume_allow_changes"))
         if changes:
             resumed = {**resumed, "best_val_loss": math.inf}  # the old best was measured on another objective
         parts = build(cfg, device, resumed)

@@ -190,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_checkpoints(a.checkpoints, a.data, pick_device(a.device), a.name)
         text = json.dumps(result, indent=2)
         if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(out, lambda tmp: Path(tmp).write_text(text + "\n"))
             print(f"wrote {a.out}: mean bpp {result['results']['bpp']}, PSNR {result['results']['psnr-rgb']}")
         else:

@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['bits_per_byte']:.4f} bits/byte over {result['tokens_scored']:,} tokens"
         )
         if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
 
     return run_guarded(run)
