@@ -122,8 +122,8 @@ bench-gate-scan: $(STAMP) ## The memory's gate-scan kernel: variants, time per g
 
 # Resumable: runs live in outputs/rd_base; run the target again after an interruption to continue them.
 bench-phase1-rd: $(STAMP) ## Phase 1 experiment: HPCM_Base Adam vs Balanced from scratch, 2,000 steps, R-D curves, BD-rate (GPU, ~25 min on one H200)
-	$(PY) benchmarks/bench_phase1_rd.py --model hpcm_base --steps 2000 --parallel 10 --work outputs/rd_base_2000 \
-	  --rd-set hpcm_base_scratch_2000 --out benchmarks/results/phase1_rd_base_2000.json -- logger=none
+	$(PY) benchmarks/bench_phase1_rd.py --experiment rd_study --parallel 10 --work outputs/rd_base_2000 \
+	  --out benchmarks/results/phase1_rd_base_2000.json -- logger=none
 
 bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte, tokens/s, memory (GPU)
 	$(PY) benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json

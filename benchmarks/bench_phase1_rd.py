@@ -3,8 +3,11 @@ the same photos, each run a real `python -m phase1.train` command line (the user
 checkpoint coded to real bytes on the test photos; BD-rate of Balanced vs Adam with a paired per-image bootstrap,
 the quality overlap of the two curves and the R-D plot.
 
-    python benchmarks/bench_phase1_rd.py --model hpcm_base --steps 2000 --parallel 10 \
-        --work outputs/rd_base --deadline 540 --out benchmarks/results/phase1_rd_base.json
+    python benchmarks/bench_phase1_rd.py --parallel 10 --work outputs/rd_base --deadline 540 \
+        --out benchmarks/results/phase1_rd_base.json
+
+The runs' settings (model, steps, rd_set tag) are the experiment file's (--experiment, default
+experiments/phase1/experiment/rd_study.yaml); --model, --steps and --rd-set override them.
 
 Runs live in --work (one folder each). With --deadline the runs still going at that many seconds get SIGTERM,
 checkpoint and stop; the script then exits with status 3 and running it again with the same --work resumes
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import load_checkpoint
+from common.config import compose
 from phase1 import rd
 from phase1.data import image_paths
 from phase1.evaluate import operating_point
@@ -49,15 +53,15 @@ def data_overrides(args) -> list[str]:
 
 def run_overrides(optim: str, lmbda: float, steps: int, folder: Path, args, init_from: Path | None) -> list[str]:
     overrides = [
-        f"model={args.model}",
+        f"experiment={args.experiment}",
+        *([f"model={args.model}"] if args.model else []),
+        *([f"rd_set={args.rd_set}"] if args.rd_set else []),
         f"optim={optim}",
         f"lmbda={lmbda}",
         *data_overrides(args),
         f"loop.max_steps={steps}",
         "loop.progress=false",
-        f"rd_set={args.rd_set}",
         f"checkpoint.dir={folder}",
-        "checkpoint.keep_last=1",
         f"hydra.run.dir={folder}",
         f"device={args.device}",
         *args.overrides,
@@ -67,6 +71,14 @@ def run_overrides(optim: str, lmbda: float, steps: int, folder: Path, args, init
     if (folder / "last.pt").is_file():
         overrides.append(f"resume={folder / 'last.pt'}")
     return overrides
+
+
+def fill_from_experiment(args) -> None:
+    """--model and --steps not given: the experiment file's, so this script's checks and titles match the runs."""
+    chosen = [f"experiment={args.experiment}", *([f"model={args.model}"] if args.model else []), *args.overrides]
+    study = compose("phase1", chosen)
+    args.model = args.model or study.model.name
+    args.steps = args.steps or int(study.loop.max_steps)
 
 
 def finished(folder: Path, steps: int) -> bool:
@@ -112,10 +124,11 @@ class Runs:
         return self.deadline is not None and time.time() > self.deadline
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--experiment", default="rd_study", help="experiments/phase1/experiment/<name>.yaml")
+    p.add_argument("--model", default=None, help="model preset (default: the experiment's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the experiment's)")
     p.add_argument("--adam-lambdas", default="0.0018,0.0035,0.0067,0.013,0.0483")
     p.add_argument("--balanced-lambdas", default="0.0018,0.0035,0.0067,0.013,0.0483")
     p.add_argument("--data-root", default=None, help="folder with train/ and test/ (default: built-in photos)")
@@ -130,10 +143,15 @@ def main() -> int:
     )
     p.add_argument("--work", type=Path, default=Path("outputs/bench_phase1_rd"), help="run folders (resumable)")
     p.add_argument("--deadline", type=float, default=None, help="seconds from now after which runs are stopped")
-    p.add_argument("--rd-set", default="bench", help="the runs' rd_set tag")
+    p.add_argument("--rd-set", default=None, help="the runs' rd_set tag (default: the experiment's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    fill_from_experiment(args)
     deadline = time.time() + args.deadline if args.deadline else None
     runs = Runs(args.parallel, deadline)
     folders = {

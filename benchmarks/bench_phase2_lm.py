@@ -13,6 +13,8 @@ Two parts, both byte-level (vocabulary 256, so the output layer does not hide th
               Phase 2 step at the longest length by operator (torch.profiler).
 The Transformer's FFN width is chosen so that its parameter count matches Phase 2's (within 1 %). Transformer++
 (RoPE, SwiGLU, RMSNorm; phase2/baseline.py) runs as experiments/phase2/model/transformer_pp.yaml sets it.
+The training recipe (steps, window, batch, lr, schedule, precision) is experiments/phase2/experiment/
+lm_comparison.yaml; --steps, --seq-len, --batch, --lr, --warmup and --precision override it.
 `--data` is a text folder (default: the built-in corpus, data=builtin).
 """
 
@@ -80,29 +82,19 @@ def quality_run(job: dict) -> dict:
     torch.set_num_threads(2)
     use_gate_scan(job["gate_scan"])
     overrides = [
+        *job["recipe"],
         *job["model"],
         *job["data"],
         f"seed={job['seed']}",
-        f"seq_len={job['seq_len']}",
-        f"batch_size={job['batch']}",
-        f"loop.max_steps={job['steps']}",
-        f"loop.eval_every={job['steps']}",
-        "loop.ckpt_every=0",
-        "loop.log_every=50",
         "loop.progress=false",
         "logger=none",
-        f"precision={job['precision']}",
         "device=cuda",
-        "diagnostics_every=0",
-        "eval.max_batches=null",
-        f"optim.lr={job['lr']}",
-        f"schedule.warmup_steps={job['warmup']}",
-        "schedule.min_lr=1e-5",
         f"checkpoint.dir={job['ckpt']}",
         f"hydra.run.dir={job['ckpt']}",
     ]
+    cfg = compose("phase2", overrides)
     start = time.perf_counter()
-    summary = train(compose("phase2", overrides))
+    summary = train(cfg)
     if "final/val/bits_per_byte" not in summary:
         raise RuntimeError(f"{job['name']}: no final/val/bits_per_byte in the summary {sorted(summary)}")
     out = {
@@ -111,7 +103,7 @@ def quality_run(job: dict) -> dict:
         "val_bits_per_byte": summary["final/val/bits_per_byte"],
         "val_loss": summary["final/val/loss"],
         "train_seconds": time.perf_counter() - start,
-        "tokens": job["steps"] * job["batch"] * job["seq_len"],
+        "tokens": cfg.loop.max_steps * cfg.batch_size * cfg.seq_len,
     }
     print(
         f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f} bits/byte "
@@ -269,15 +261,31 @@ def summarise(result: dict, lengths: list[int]) -> dict:
     }
 
 
-def main() -> None:
+def recipe_overrides(args) -> list[str]:
+    """The experiment file that holds the shared training recipe, and the flags given to change it."""
+    flags = {
+        "loop.max_steps": args.steps,
+        "loop.eval_every": args.steps,  # one evaluation, at the end
+        "seq_len": args.seq_len,
+        "batch_size": args.batch,
+        "optim.lr": args.lr,
+        "schedule.warmup_steps": args.warmup,
+        "precision": args.precision,
+    }
+    return [f"experiment={args.experiment}", *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="text folder (default: the built-in corpus)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--experiment", default="lm_comparison", help="experiments/phase2/experiment/<name>.yaml")
+    # each of these overrides the experiment file's value when given
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--precision", default=None)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--lengths", default="2048,8192,16384")
     p.add_argument("--tokens-per-step", type=int, default=16384)
@@ -296,7 +304,13 @@ def main() -> None:
         help="reuse the throughput part of an earlier result file instead of measuring it",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase2_lm.json"))
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    recipe = recipe_overrides(args)
+    args.seq_len = int(compose("phase2", recipe).seq_len)
     lengths = [int(t) for t in args.lengths.split(",")]
     use_gate_scan(args.gate_scan)
 
@@ -306,6 +320,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "gate_scan": args.gate_scan or "default",
+        "recipe": recipe,
         "parameters": {
             "phase2": p2_params,
             "transformer": tf_params,
@@ -351,12 +366,7 @@ def main() -> None:
                 model=m,
                 data=data,
                 seed=int(s),
-                seq_len=args.seq_len,
-                batch=args.batch,
-                steps=args.steps,
-                lr=args.lr,
-                warmup=args.warmup,
-                precision=args.precision,
+                recipe=recipe,
                 ckpt=str(root / f"{name}_{s}"),
                 gate_scan=args.gate_scan,
             )
