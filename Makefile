@@ -9,9 +9,12 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 # pytest-xdist workers for `make test`; CI machines have 2 cores.
 TEST_WORKERS ?= auto
-# Sweep settings: `make sweep-balanced SIZE=full WORKERS=4 STORAGE=postgresql://...`
+# Sweep settings: `make sweep-balanced SIZE=full GPUS=0,1 WORKERS_PER_GPU=2 STORAGE=postgresql://...`
+# (WORKERS unset: one worker per visible GPU times WORKERS_PER_GPU, or one on a CPU machine)
 SIZE       ?= demo
-WORKERS    ?= 1
+WORKERS    ?=
+GPUS       ?=
+WORKERS_PER_GPU ?=
 STORAGE    ?=
 SAMPLER    ?=
 STUDY      ?=
@@ -66,8 +69,9 @@ train-phase1: $(STAMP) ## Phase 1 codec training (ARGS="optim=balanced lmbda=0.0
 train-phase2: $(STAMP) ## Phase 2 language-model training on the built-in corpus (ARGS="model=small ...")
 	$(PY) -m phase2.train $(ARGS)
 
-sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|full WORKERS=N STORAGE=url SAMPLER=tpe)
-	$(PY) -m sweeps.run balanced --size $(SIZE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
+sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|full WORKERS=N GPUS=0,1 STORAGE=url)
+	$(PY) -m sweeps.run balanced --size $(SIZE) $(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
+	  $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(STORAGE),--storage $(STORAGE)) \
 	  $(if $(SAMPLER),--sampler $(SAMPLER))
 
 report: $(STAMP) ## Build reports/out/<name>/index.{md,html} from the MLflow runs (STUDY=, EXPERIMENT=)

@@ -4,6 +4,11 @@
     python -m sweeps.run balanced                     # sweeps/studies/balanced.yaml at demo size
     python -m sweeps.run balanced --size full --workers 4
     python -m sweeps.run balanced --storage postgresql://user@host/optuna   # many machines, one study
+    python -m sweeps.run balanced --size full --gpus 0,1 --workers-per-gpu 2     # 4 workers, 2 per GPU
+
+GPUs: worker i runs on GPU i mod G of the G GPUs in --gpus (default: CUDA_VISIBLE_DEVICES, else every GPU
+torch sees), set as its CUDA_VISIBLE_DEVICES before CUDA starts in it; --workers defaults to G x
+--workers-per-gpu (1 without GPUs). Each trial's MLflow run is tagged with its GPU (`gpu`, or `cpu`).
 
 Storage: SQLite (optuna.db at the repo root) for one process; a journal file for `--workers N` local processes
 (SQLite was measured failing with "database is locked" at 16 writers); any SQLAlchemy URL for many machines,
@@ -11,6 +16,7 @@ with heartbeats so a dead worker's trial is failed and retried. Running the same
 the study: finished trials are not repeated, the trial count is a total across runs, and trials left RUNNING
 by a dead local process are marked failed and their parameters queued again. A local storage belongs to one
 runner at a time (a second one is refused), since that clean-up would fail a live runner's trials.
+Exit status: 1 when every trial this run started failed (with the first error), else 0 with the failed count.
 """
 
 from __future__ import annotations
@@ -71,6 +77,48 @@ def open_storage(url: str):
 def is_local(url: str) -> bool:
     """Local storages are only used by this runner's own processes, so RUNNING trials at start are stale."""
     return url.startswith(("journal:", "sqlite:"))
+
+
+# --------------------------------------------------------------------------------------------- GPUs
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, by the ids its workers' CUDA_VISIBLE_DEVICES take ([] without GPUs)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    """`--gpus 0,2,3` -> ['0', '2', '3']; None -> the visible GPUs."""
+    if text is None:
+        return visible_gpus()
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus {text!r}: give distinct GPU ids separated by commas, e.g. --gpus 0,2,3")
+    return gpus
+
+
+def place_workers(gpus: list[str], workers: int | None, workers_per_gpu: int = 1) -> list[str | None]:
+    """Worker i's GPU: gpus[i mod G]; None (the CPU) for every worker when there are no GPUs."""
+    if workers_per_gpu < 1:
+        raise ValueError(f"--workers-per-gpu {workers_per_gpu} must be >= 1")
+    if workers is None:
+        workers = workers_per_gpu * len(gpus) if gpus else 1
+    if workers < 1:
+        raise ValueError(f"--workers {workers} must be >= 1")
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def use_gpu(gpu: str | None) -> None:
+    """Make `gpu` this process's only CUDA device; CUDA must not have started here yet."""
+    if gpu is None:
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise ValueError(f"cannot place this sweep on GPU {gpu}: CUDA already started in this process")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 # --------------------------------------------------------------------------------------------- the study
@@ -200,7 +248,13 @@ def _suggest(trial, spec: StudySpec) -> dict[str, Any]:
 
 
 def trial_overrides(
-    spec: StudySpec, size: str, params: dict, number: int, parent: str | None, logger: str = "mlflow"
+    spec: StudySpec,
+    size: str,
+    params: dict,
+    number: int,
+    parent: str | None,
+    logger: str = "mlflow",
+    gpu: str | None = None,
 ) -> list[str]:
     overrides = [*spec.overrides, *spec.sizes.get(size, []), *(f"{k}={v}" for k, v in params.items())]
     if logger == "mlflow":
@@ -209,6 +263,7 @@ def trial_overrides(
             f"logger.run_name={spec.name}-trial-{number}",
             f"+logger.tags.optuna_study={spec.name}",
             f"+logger.tags.optuna_trial={number}",
+            f"+logger.tags.gpu={gpu if gpu is not None else 'cpu'}",
         ]
     else:
         overrides.append("logger=none")
@@ -218,13 +273,25 @@ def trial_overrides(
 def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str = "mlflow"):
     import optuna
 
-    from common.config import compose
+    from common.config import check_overrides
 
     train = importlib.import_module(f"{spec.phase}.train").train
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or None  # what this worker was given (use_gpu)
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("gpu", gpu or "cpu")
+        try:
+            return run_trial(trial)
+        except (optuna.TrialPruned, InterruptedError):
+            raise
+        except Exception as err:  # kept on the trial for the run's summary, then Optuna records the failure
+            trial.set_user_attr("error", _one_line(err))
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
         params = _suggest(trial, spec)
-        cfg = compose(spec.phase, trial_overrides(spec, size, params, trial.number, parent, logger))
+        # the command line's own checks: a value of the wrong type is named, not found deep inside train()
+        cfg = check_overrides(spec.phase, trial_overrides(spec, size, params, trial.number, parent, logger, gpu))
         evals = 0
 
         def report(step: int, point: dict[str, float]) -> None:
@@ -253,6 +320,11 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
     return objective
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
 # --------------------------------------------------------------------------------------------- running
 def _worker(
     study_file: str,
@@ -263,9 +335,11 @@ def _worker(
     quota: int,
     sampler: str | None = None,
     workers: int = 1,
+    gpu: str | None = None,
 ) -> None:
     from optuna.study import MaxTrialsCallback
 
+    use_gpu(gpu)  # first: before anything here starts CUDA
     if workers > 1:  # share the cores: OpenMP threads of several processes on one core spin against each other
         import torch
 
@@ -328,21 +402,25 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
 def run_study(
     study_file: str,
     size: str = "demo",
-    workers: int = 1,
+    workers: int | None = None,
     storage: str | None = None,
     logger: str = "mlflow",
     sampler: str | None = None,
+    gpus: list[str] | None = None,
+    workers_per_gpu: int = 1,
 ) -> dict[str, Any]:
+    """Run the study's missing trials; `gpus` None means the visible GPUs (see place_workers)."""
     spec = load_study(study_file, sampler=sampler)
     if size not in spec.sizes:
         raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
-    storage_url = storage or default_storage(spec, workers)
+    placement = place_workers(visible_gpus() if gpus is None else gpus, workers, workers_per_gpu)
+    storage_url = storage or default_storage(spec, len(placement))
     if logger == "mlflow":
         from common.tracking import ensure_store
 
         ensure_store()  # migrate the MLflow store once, before several processes use it
     with _sole_runner(storage_url):
-        return _run(spec, study_file, size, workers, storage_url, logger, sampler)
+        return _run(spec, study_file, size, placement, storage_url, logger, sampler)
 
 
 def _sole_runner(storage_url: str):
@@ -362,8 +440,10 @@ def _sole_runner(storage_url: str):
     )
 
 
-def _run(spec: StudySpec, study_file: str, size: str, workers: int, storage_url: str, logger: str, sampler):
+def _run(spec: StudySpec, study_file: str, size: str, placement: list, storage_url: str, logger: str, sampler):
+    workers = len(placement)
     study = open_study(spec, storage_url)
+    first_new = len(study.get_trials(deepcopy=False))  # trials numbered from here on are this run's
     if is_local(storage_url):
         requeued = requeue_stale_trials(study)
         if requeued:
@@ -375,17 +455,18 @@ def _run(spec: StudySpec, study_file: str, size: str, workers: int, storage_url:
     quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
     print(
         f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
-        f"{workers} worker(s)"
+        f"{workers} worker(s) on {_placement_text(placement)}"
     )
     if missing > 0 and workers == 1:
-        _worker(str(study_file), size, storage_url, parent, logger, missing, sampler)
+        _worker(str(study_file), size, storage_url, parent, logger, missing, sampler, 1, placement[0])
     elif missing > 0:
         ctx = mp.get_context("spawn")
         procs = [
             ctx.Process(
-                target=_worker, args=(str(study_file), size, storage_url, parent, logger, quota, sampler, workers)
+                target=_worker,
+                args=(str(study_file), size, storage_url, parent, logger, quota, sampler, workers, gpu),
             )
-            for quota in quotas
+            for quota, gpu in zip(quotas, placement)
             if quota > 0
         ]
         for p in procs:
@@ -395,21 +476,66 @@ def _run(spec: StudySpec, study_file: str, size: str, workers: int, storage_url:
         bad = [p.exitcode for p in procs if p.exitcode != 0]
         if bad:
             print(f"warning: {len(bad)} worker(s) exited with codes {bad}; their trials are recorded as failed")
-    return summarize(open_study(spec, storage_url), spec, parent)
+    study = open_study(spec, storage_url)
+    return {**summarize(study, spec, parent), "this_run": this_run(study, first_new)}
+
+
+def _placement_text(placement: list) -> str:
+    if placement[0] is None:
+        return "the CPU"
+    return ", ".join(f"GPU {g} x{placement.count(g)}" for g in dict.fromkeys(placement))
+
+
+def this_run(study, first_number: int) -> dict[str, Any]:
+    """The trials this run finished, how many failed, and the first failure's error."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.number >= first_number and t.state.is_finished()]
+    failed = sorted((t for t in done if t.state == TrialState.FAIL), key=lambda t: t.number)
+    first_error = None
+    if failed:
+        error = failed[0].user_attrs.get("error", "no error recorded (its worker process died)")
+        first_error = f"trial {failed[0].number}: {error}"
+    return {"trials": len(done), "failed": len(failed), "first_error": first_error}
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    """1 when every trial of this run failed, 0 otherwise; failures are counted on one line either way."""
+    run = summary["this_run"]
+    if run["failed"] and run["failed"] == run["trials"]:
+        message = f"error: all {run['failed']} trial(s) of this run failed; the first, {run['first_error']}"
+        print(message, file=sys.stderr)
+        return 1
+    if run["failed"]:
+        print(f"{run['failed']} of {run['trials']} trial(s) of this run failed; the first, {run['first_error']}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a study file, or the name of one in sweeps/studies/")
     parser.add_argument("--size", default="demo", help="which of the study's sizes to run (demo, full)")
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="local worker processes (default: GPUs x --workers-per-gpu, or 1)"
+    )
+    parser.add_argument("--gpus", help="GPU ids for the workers, e.g. 0,2,3 (default: every visible GPU)")
+    parser.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (small trials)")
     parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
     parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
     args = parser.parse_args(argv)
-    return run_guarded(
-        lambda: print(run_study(args.study, args.size, args.workers, args.storage, args.logger, args.sampler))
-    )
+    summary: dict[str, Any] = {}
+
+    def body() -> None:
+        gpus = parse_gpus(args.gpus)
+        summary.update(
+            run_study(
+                args.study, args.size, args.workers, args.storage, args.logger, args.sampler, gpus, args.workers_per_gpu
+            )
+        )
+        print(summary)
+
+    return run_guarded(body) or exit_status(summary)
 
 
 if __name__ == "__main__":

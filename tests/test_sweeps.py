@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -188,3 +189,69 @@ def test_a_second_runner_on_one_local_storage_is_refused(tmp_path, storage, caps
     assert f"pid {holder.pid}" in error and "\n" not in error
     # the first runner's process is gone (its lock with it): the study runs
     assert run_study(_study_file(tmp_path, name="shared", n=1), storage=storage, logger="none")["n_complete"] == 1
+
+
+@pytest.mark.parametrize(
+    "gpus,workers,per_gpu,expected",
+    [
+        (["0", "2", "3"], None, 1, ["0", "2", "3"]),  # one worker per GPU
+        (["0", "1"], None, 2, ["0", "1", "0", "1"]),  # two small trials packed on each GPU
+        (["0", "1"], 3, 1, ["0", "1", "0"]),  # worker i on GPU i mod G
+        ([], None, 1, [None]),  # no GPU: one worker on the CPU
+        ([], 2, 1, [None, None]),
+    ],
+)
+def test_workers_are_placed_on_gpus_round_robin(gpus, workers, per_gpu, expected):
+    from sweeps.run import place_workers
+
+    assert place_workers(gpus, workers, per_gpu) == expected
+
+
+def test_gpu_lists_and_counts_are_checked(monkeypatch):
+    from sweeps.run import parse_gpus, place_workers, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus() == ["3", "5"] == parse_gpus(None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+    assert parse_gpus(" 1, 4 ") == ["1", "4"]
+    for bad in ("0,0", ",", ""):
+        with pytest.raises(ValueError, match="--gpus"):
+            parse_gpus(bad)
+    with pytest.raises(ValueError, match="--workers 0"):
+        place_workers(["0"], 0)
+    with pytest.raises(ValueError, match="--workers-per-gpu 0"):
+        place_workers(["0"], None, 0)
+
+
+def test_each_worker_runs_on_its_gpu_and_tags_its_runs(tmp_path, mlflow_store):
+    # three fake GPU ids on a CPU machine: each worker process must see only its own in CUDA_VISIBLE_DEVICES
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    summary = run_study(_study_file(tmp_path, name="placed", n=3), storage=storage, gpus=["0", "2", "3"])
+    assert summary["n_complete"] == 3
+    trials = open_study(load_study(_study_file(tmp_path, name="placed", n=3)), storage).trials
+    assert sorted(t.user_attrs["gpu"] for t in trials) == ["0", "2", "3"]
+    runs = _trial_runs(mlflow_store, "placed")
+    trial_runs = runs[runs["tags.kind"] != "study"]
+    by_trial = {int(n): g for n, g in zip(trial_runs["tags.optuna_trial"], trial_runs["tags.gpu"])}
+    assert by_trial == {t.number: t.user_attrs["gpu"] for t in trials}
+
+
+def test_a_sweep_whose_trials_all_fail_exits_non_zero(tmp_path, capsys):
+    from sweeps.run import main
+
+    study = _study_file(tmp_path, name="doomed", gammas="[broken, worse]")
+    status = main([study, "--logger", "none", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert err[-1].startswith("error: all 4 trial(s) of this run failed; the first, trial 0: ")
+    assert re.search(r"optim\.gamma='(broken|worse)' must be a number", err[-1])  # the error itself, same line
+
+
+def test_a_sweep_with_some_failures_exits_0_and_counts_them(tmp_path, capsys):
+    from sweeps.run import main
+
+    study = _study_file(tmp_path, name="halfway", gammas="[0.001, broken]")
+    status = main([study, "--logger", "none", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"])
+    assert status == 0
+    assert "2 of 4 trial(s) of this run failed; the first, trial " in capsys.readouterr().out
