@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,13 +67,36 @@ def check_folder(folder: str | os.PathLike, key: str) -> Path:
     return folder
 
 
-def check_output_file(path: str | os.PathLike, key: str) -> Path:
-    """`path` as a Path if a file can be written there (its folder made if need be); else an OutputPathError."""
+def check_output_file(path: str | os.PathLike, key: str, inputs: dict[str, Any] | None = None) -> Path:
+    """`path` as a Path if a file can be written there (its folder made if need be) and it is none of the
+    command's `inputs` ({what: path}), which writing it would destroy; else an OutputPathError."""
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{key}={path} is a folder; name a file")
+    for what, source in (inputs or {}).items():
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise OutputPathError(f"{key}={path} is this command's {what}; writing it would destroy it")
     check_folder(path.parent, f"{key}'s folder")
     return path
+
+
+def check_unclaimed(folder: str | os.PathLike, key: str, resume: str | os.PathLike | None) -> None:
+    """A folder holding checkpoints (in it or in its checkpoints/) belongs to the run that wrote them: only a run
+    resuming from one of them may write there, so a new run never replaces another's last.pt or best.pt."""
+    folder = Path(folder)
+    held = sorted(folder.glob("*.pt")) + sorted((folder / "checkpoints").glob("*.pt"))
+    if not held:
+        return
+    owned = {folder.resolve(), (folder / "checkpoints").resolve()}
+    target = Path(resume) if resume else None
+    if target is not None and target.is_dir():
+        target = last_in_run_folder(target)
+    if target is not None and target.is_file() and target.resolve().parent in owned:
+        return
+    raise OutputPathError(
+        f"{key}={folder} holds another run's checkpoints ({held[0].name}): give resume={held[0]} to continue "
+        "that run, or choose a new folder"
+    )
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -107,6 +131,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     payload = {"format_version": FORMAT_VERSION, **payload}
     if isinstance(payload.get("model_state_dict"), dict):
         payload["model_checksum"] = tensors_checksum(payload["model_state_dict"])
+    payload["tensors_checksum"] = tensors_checksum(every_tensor(payload))  # optimizer state and the rest too
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -119,12 +144,15 @@ def read_torch_file(path: str | os.PathLike, map_location="cpu") -> Any:
     """`torch.load(weights_only=True)` of a file, with a one-line CheckpointError naming it when it is missing,
     truncated, or holds objects that cannot be loaded safely. The checks of what it holds are the caller's."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a torn zip, a text file, ...: torch raises whatever its reader hits first
-        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        unsafe = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
+        if unsafe and zipfile.is_zipfile(path):  # a real torch file (zip) that holds arbitrary objects
             raise CheckpointError(f"checkpoint {path} holds objects that cannot be loaded safely") from None
         detail = _first_line(err)
         raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail})") from None
@@ -172,10 +200,35 @@ def tensors_checksum(state_dict: dict[str, Any]) -> int:
     return crc
 
 
+def every_tensor(payload: Any, prefix: str = "") -> dict[str, Any]:
+    """Every tensor anywhere in a checkpoint payload (weights, optimizer moments, loop state), by its path."""
+    found: dict[str, Any] = {}
+    if torch.is_tensor(payload):
+        found[prefix] = payload
+    elif isinstance(payload, dict):
+        for key, value in payload.items():
+            if key not in ("model_checksum", "tensors_checksum"):
+                found.update(every_tensor(value, f"{prefix}/{key}"))
+    elif isinstance(payload, list | tuple):
+        for i, value in enumerate(payload):
+            found.update(every_tensor(value, f"{prefix}/{i}"))
+    return found
+
+
 def check_checksum(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """A checkpoint whose weights no longer match the checksum saved with them is refused, naming the file."""
+    """A checkpoint whose tensors no longer match the checksums saved with them is refused, naming the file."""
     if "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
         raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum saved with them")
+    if "tensors_checksum" in payload and payload["tensors_checksum"] != tensors_checksum(every_tensor(payload)):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its tensors (optimizer state or loop state) do not match the "
+            "checksum saved with them"
+        )
+
+
+def last_in_run_folder(folder: Path) -> Path:
+    """A run folder's last checkpoint: <folder>/checkpoints/last.pt, or <folder>/last.pt (checkpoint.dir=folder)."""
+    return folder / "checkpoints" / "last.pt" if (folder / "checkpoints").is_dir() else folder / "last.pt"
 
 
 def resolve_resume(resume: str | os.PathLike | None) -> Path | None:
@@ -184,7 +237,7 @@ def resolve_resume(resume: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(resume)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+        path = last_in_run_folder(path)
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no checkpoint at {path}")
     return path

@@ -166,6 +166,27 @@ def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and lengths: `--batch-size 0` is refused by argparse itself (exit 2, one line)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def require_positive(cfg: DictConfig, *keys: str) -> None:
+    """Sizes a run divides by or batches with: 0 or less is refused by name before anything is built."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{key}={value!r} must be a whole number >= 1")
+
+
 def _check_type(key: str, default: Any, value: Any) -> None:
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
@@ -227,13 +248,17 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
 
 
 def _check_run_folder(overrides: Sequence[str]) -> None:
-    """hydra.run.dir as given: Hydra's own mkdir of a file path ends in a traceback."""
-    from common.checkpoint import OutputPathError, check_folder
+    """hydra.run.dir as given, before Hydra writes into it: Hydra's own mkdir of a file path ends in a traceback,
+    and a folder of another run would have its config replaced."""
+    from common.checkpoint import OutputPathError, check_folder, check_unclaimed
 
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     for override in overrides:
         if override.startswith("hydra.run.dir="):
+            folder = override.split("=", 1)[1]
             try:
-                check_folder(override.split("=", 1)[1], "hydra.run.dir")
+                check_folder(folder, "hydra.run.dir")
+                check_unclaimed(folder, "hydra.run.dir", resume)
             except OutputPathError as err:
                 _exit_with(err)
 

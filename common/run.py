@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 from common import config as configs
 from common import runtime
 from common.batches import EpochBatches
-from common.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from common.checkpoint import CheckpointManager, check_unclaimed, load_checkpoint, resolve_resume
 from common.loop import Loop, StepHooks, loop_config
 from common.schedulers import build_scheduler
 from common.tracking import create_logger
@@ -94,6 +94,8 @@ def execute(
         runtime.seed_everything(cfg.seed + dist.rank)
         device = runtime.pick_device(cfg.device)
         resume_from = resolve_resume(cfg.resume)
+        if cfg.checkpoint.dir:  # another run's checkpoints are never written over
+            check_unclaimed(cfg.checkpoint.dir, "checkpoint.dir", resume_from)
         resumed = load_checkpoint(resume_from, kind=kind) if resume_from else None
         changes = _objective_changes(resumed, plain, objective, resume_from, cfg.get("resume_allow_changes"))
         if changes:

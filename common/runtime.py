@@ -24,7 +24,10 @@ def pick_device(preference: str = "auto") -> torch.device:
     """`auto` takes CUDA when present, else the CPU; an explicit request that cannot be met is an error."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"device={preference!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={preference!r} was requested but CUDA is not available; use device=auto or cpu")
     return device

@@ -204,6 +204,10 @@ def _run(args) -> int:
     source, target = (args.image, args.output) if args.cmd == "encode" else (args.input, args.image)
     if Path(source).resolve() == Path(target).resolve():
         raise CodecError(f"output {target} is the input itself: give another output path")
+    if args.checkpoint and Path(args.checkpoint).resolve() == Path(target).resolve():
+        raise CodecError(f"output {target} is the checkpoint: writing it would destroy the weights")
+    if Path(source).is_dir():
+        raise CodecError(f"input {source} is a folder, not a file")
     device = _device(args.device)
     if args.cmd == "encode":
         x, flags = read_image(args.image)

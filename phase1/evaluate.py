@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from common.checkpoint import CheckpointError, check_output_file, write_atomically
+from common.config import positive_int
 from phase1.codec import CodecError
 from phase1.data import image_paths, list_images, load_rgb
 from phase1.loss import bits_per_pixel, ms_ssim, psnr
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("anchor")
             p.add_argument("test")
             p.add_argument("--plot")
-            p.add_argument("--bootstrap", type=int, default=1000)
+            p.add_argument("--bootstrap", type=positive_int, default=1000)
             a = p.parse_args(argv[1:])
             print(json.dumps(compare(a.anchor, a.test, a.plot, a.bootstrap), indent=2))
             return 0
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv)
         from common.runtime import pick_device
 
-        out = check_output_file(a.out, "--out") if a.out else None  # before minutes of coding, not after
+        inputs = {f"checkpoint {c}": c for c in a.checkpoints}
+        out = check_output_file(a.out, "--out", inputs) if a.out else None  # before minutes of coding, not after
         result = evaluate_checkpoints(a.checkpoints, a.data, pick_device(a.device), a.name)
         text = json.dumps(result, indent=2)
         if out:

@@ -171,6 +171,7 @@ def _data(cfg: DictConfig):
 
 def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
     """The codec, its optimizer, the image data and the R-D step; common.run.execute does the rest."""
+    configs.require_positive(cfg, "data.batch_size", "data.patch_size")
     model = build_model(cfg.model).to(device)
     if cfg.init_from:
         from phase1.weights import load_weights_into

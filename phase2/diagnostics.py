@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common.checkpoint import check_folder  # noqa: E402
-from common.config import run_guarded  # noqa: E402
+from common.config import positive_int, run_guarded  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from phase2.evaluate import text_documents  # noqa: E402
 from phase2.inference import LanguageModel, load_language_model  # noqa: E402
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--text", default="builtin", help="a text file or folder, or 'builtin' (default)")
     p.add_argument("--split", default="val", help="all | train | val | test (default val)")
-    p.add_argument("--tokens", type=int, default=None, help="sequence length (default: the training length)")
+    p.add_argument("--tokens", type=positive_int, default=None, help="sequence length (default: the training length)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="diagnostics", help="folder for the PNGs and comprehensive_report.json")
     a = p.parse_args(argv)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from common.checkpoint import check_output_file, write_atomically
-from common.config import run_guarded
+from common.config import positive_int, run_guarded
 from common.runtime import pick_device
 from phase2.data import TokenWindows, load_splits, read_text_source
 from phase2.inference import LanguageModel, load_language_model
@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("text", help="a text file, a folder of text files, or 'builtin'")
     p.add_argument("--split", default="all", choices=SPLITS)
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the training length)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=positive_int, default=None, help="window length (default: the training length)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args(argv)
 
     def run() -> None:
-        out = check_output_file(a.json, "--json") if a.json else None  # before the evaluation, not after
+        inputs = {"checkpoint": a.checkpoint, "text": a.text}
+        out = check_output_file(a.json, "--json", inputs) if a.json else None  # before the evaluation, not after
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         result = evaluate_text(lm, text_documents(a.text, a.split), a.seq_len, a.batch_size)
         result.update(checkpoint=str(a.checkpoint), text=a.text, split=a.split, step=lm.step)

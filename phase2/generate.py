@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.config import run_guarded
+from common.config import positive_int, run_guarded
 from common.runtime import pick_device
 from phase2.inference import LanguageModel, load_language_model
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m phase2.generate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)

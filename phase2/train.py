@@ -171,6 +171,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
     """Text, tokenizer, the model, its optimizer and the next-token step; common.run.execute does the rest.
 
     A resumed run takes its tokenizer from the checkpoint, so the token ids mean what they meant."""
+    configs.require_positive(cfg, "seq_len", "batch_size")
     if resumed is not None and "tokenizer_json" not in resumed:
         raise CheckpointError(f"checkpoint {cfg.resume} holds no tokenizer: not a Phase 2 training checkpoint")
     tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO_ROOT
-from common.config import run_guarded
+from common.config import positive_int, run_guarded
 from sweeps.study import StudySpec, load_study
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -516,10 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", help="a study file, or the name of one in sweeps/studies/")
     parser.add_argument("--size", default="demo", help="which of the study's sizes to run (demo, full)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="local worker processes (default: GPUs x --workers-per-gpu, or 1)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local worker processes (default: GPUs x --workers-per-gpu, or 1)",
     )
     parser.add_argument("--gpus", help="GPU ids for the workers, e.g. 0,2,3 (default: every visible GPU)")
-    parser.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing each GPU (small trials)")
+    parser.add_argument("--workers-per-gpu", type=positive_int, default=1, help="workers sharing each GPU")
     parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
     parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])

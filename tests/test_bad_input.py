@@ -125,6 +125,10 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
         path = save_checkpoint(d / name, {"kind": kind, "model_state_dict": {"w": torch.zeros(1000)}})
         path.write_bytes(path.read_bytes()[:300])
     shutil.copyfile(_migrated_store_template, d / "mlflow.db")
+    (d / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (d / "victim" / "checkpoints").mkdir(parents=True)  # another run's folder, with its checkpoints
+    shutil.copyfile(d / "codec.pt", d / "victim" / "checkpoints" / "last.pt")
+    (d / "victim" / "config.yaml").write_text("task_name: phase1\n")
     return d
 
 
@@ -227,6 +231,59 @@ CASES = [
         ["cut.json", "not JSON"],
     ),
     ("compare not a curve", "phase1.evaluate", ["compare", "{d}/other.json", "{d}/cut.json"], ["other.json", "points"]),
+    (
+        "p1 evaluate --out is the checkpoint",
+        "phase1.evaluate",
+        ["{d}/codec.pt", "--out", "{d}/codec.pt"],
+        ["--out", "codec.pt", "checkpoint", "destroy"],
+    ),
+    (
+        "p2 evaluate --json is the checkpoint",
+        "phase2.evaluate",
+        ["{d}/lm.pt", "{d}/text.txt", "--json", "{d}/lm.pt"],
+        ["--json", "lm.pt", "checkpoint"],
+    ),
+    (
+        "encode over the checkpoint",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/codec.pt", "--checkpoint", "{d}/codec.pt"],
+        ["codec.pt", "is the checkpoint"],
+    ),
+    (
+        "decode a folder",
+        "phase1.codec",
+        ["decode", "{d}/empty", "{d}/new.png", "--checkpoint", "{d}/codec.pt"],
+        ["empty", "is a folder"],
+    ),
+    (
+        "encode with a folder as checkpoint",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/empty"],
+        ["empty", "is a folder"],
+    ),
+    (
+        "encode with random bytes as checkpoint",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/new.hpcm", "--checkpoint", "{d}/random.pt"],
+        ["random.pt", "not a torch checkpoint"],
+    ),
+    (
+        "p1 checkpoint.dir of another run",
+        "phase1.train",
+        [*P1, "checkpoint.dir={d}/victim/checkpoints"],
+        ["checkpoint.dir=", "another run's checkpoints", "resume="],
+    ),
+    (
+        "p1 hydra.run.dir of another run",
+        "phase1.train",
+        [*P1, "hydra.run.dir={d}/victim"],
+        ["hydra.run.dir=", "another run's checkpoints"],
+    ),
+    ("p1 zero batch", "phase1.train", [*P1[:3], "data.batch_size=0", P1[4]], ["data.batch_size=0", ">= 1"]),
+    ("p1 zero patch", "phase1.train", [*P1[:4], "data.patch_size=0"], ["data.patch_size=0", ">= 1"]),
+    ("p1 device typo", "phase1.train", [*P1, "device=gpu0"], ["device='gpu0'", "not a device"]),
+    ("p2 zero window", "phase2.train", [*P2[:4], "seq_len=0"], ["seq_len=0", ">= 1"]),
+    ("p2 zero batch", "phase2.train", [*P2[:3], "batch_size=0", P2[4]], ["batch_size=0", ">= 1"]),
     ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
     (
         "sweep unknown size",

@@ -117,6 +117,37 @@ def test_a_flipped_bit_in_the_weights_is_caught_on_load(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_flipped_bit_in_the_optimizer_state_is_caught_on_load(tmp_path):
+    """Adam's moments are resumed from too: a flipped bit there trains on with a wrong step size."""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(3, 4)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "c.pt", {**_payload(step=1), "optimizer_state_dict": opt.state_dict()})
+    load_checkpoint(path)  # intact: loads
+    payload = torch.load(path, weights_only=True)
+    moment = payload["optimizer_state_dict"]["state"][0]["exp_avg_sq"]
+    moment.view(-1).view(torch.int32)[0] ^= 1 << 23  # one exponent bit of one second moment
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="c.pt is corrupted: its tensors"):
+        load_checkpoint(path)
+
+
+def test_unclaimed_folders_are_refused_unless_resumed_from(tmp_path):
+    from common.checkpoint import OutputPathError, check_unclaimed
+
+    check_unclaimed(tmp_path / "new", "checkpoint.dir", None)  # nothing there yet
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    manager.save(_payload(), 1)
+    for folder in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        with pytest.raises(OutputPathError, match="holds another run's checkpoints"):
+            check_unclaimed(folder, "checkpoint.dir", None)
+        with pytest.raises(OutputPathError, match="holds another run's checkpoints"):
+            check_unclaimed(folder, "checkpoint.dir", tmp_path / "elsewhere.pt")
+        check_unclaimed(folder, "checkpoint.dir", manager.last)  # the run that continues them
+        check_unclaimed(folder, "checkpoint.dir", tmp_path / "run")
+
+
 def test_a_checkpoint_of_another_model_size_is_one_line_naming_what_differs():
     from common.checkpoint import load_model_state
 
