@@ -115,8 +115,8 @@ class Runs:
                 if proc.poll() is not None:
                     log.close()
                     del running[name]
-                    if proc.returncode != 0:
-                        failed.append(name)
+                    if proc.returncode != 0 and not (stopping and proc.returncode == 128 + signal.SIGTERM):
+                        failed.append(name)  # not one this script stopped at the deadline
                     print(f"{name} ended with status {proc.returncode}", flush=True)
         return failed
 

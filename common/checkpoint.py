@@ -108,6 +108,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a team
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -124,6 +125,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

@@ -220,9 +220,14 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> Any:
             try:
-                return fn(cfg)
+                result = fn(cfg)
             except _user_error_types() as err:
                 _exit_with(err)
+            stopped_by = int(result.get("stop_signal", 0)) if isinstance(result, dict) else 0
+            if stopped_by:  # checkpointed and stopped by SIGINT/SIGTERM: say so to the shell and the scheduler
+                print(f"stopped by signal {stopped_by} after a checkpoint: resume=<its last.pt> continues it")
+                sys.exit(128 + stopped_by)
+            return result
 
         folder, config_name = config_location(name)
         hydra_entry = hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)

@@ -276,6 +276,7 @@ class Loop:
             skipped_steps=float(state.skipped_steps),
             best_val_loss=state.best_val_loss,
             interrupted=float(bool(stop)),
+            stop_signal=float(stop.received or 0),  # the CLI exits 128 + this, as a process killed by it would
         )
         return summary
 

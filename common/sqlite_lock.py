@@ -1,6 +1,7 @@
-"""File locks beside a local database. `creation_lock` is held while a SQLite store is created: two processes
-creating a new store at once (MLflow's or Optuna's) both write its schema version, and one of them fails
-(UNIQUE constraint failed). `sole_user` is held by the one process that may use a file for its lifetime."""
+"""SQLite files: what is wrong with one, and file locks beside it. `creation_lock` is held while a SQLite
+store is created: two processes creating a new store at once (MLflow's or Optuna's) both write its schema
+version, and one of them fails (UNIQUE constraint failed). `sole_user` is held by the one process that may
+use a file for its lifetime."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be an SQLite database (a folder, another kind of file), or None. A missing or empty
+    file is a database still to be created."""
+    if path.is_dir():
+        return "is a folder, not an SQLite file"
+    if path.is_file():
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            return "is not an SQLite database (corrupted?)"
+    return None
 
 
 @contextmanager

@@ -40,7 +40,7 @@ class TrackingUnavailableError(ConnectionError):
     """The tracking store cannot be reached when a run starts; one line naming the URI and the way out."""
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
+KNOWN_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
 def check_reachable(tracking_uri: str) -> None:
@@ -52,6 +52,12 @@ def check_reachable(tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:///"):
         _check_sqlite_store(Path(tracking_uri.removeprefix("sqlite:///")))
         return
+    scheme = tracking_uri.partition("://")[0].split("+")[0] if "://" in tracking_uri else "file"
+    if scheme not in KNOWN_SCHEMES:
+        raise TrackingUnavailableError(
+            f"tracking URI {tracking_uri} has an unknown scheme {scheme!r}: use sqlite:///<file>, http(s)://<server>, "
+            "postgresql://..., a folder, or train without tracking (logger=none)"
+        )
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
@@ -66,17 +72,13 @@ def check_reachable(tracking_uri: str) -> None:
 
 
 def _check_sqlite_store(path: Path) -> None:
+    from common.sqlite_lock import sqlite_file_problem
+
     way_out = "point MLFLOW_TRACKING_URI at another store, or train without tracking (logger=none)"
-    if path.is_dir():
-        raise TrackingUnavailableError(f"tracking store {path} is a folder, not an SQLite file: {way_out}")
+    problem = sqlite_file_problem(path)
+    if problem:
+        raise TrackingUnavailableError(f"tracking store {path} {problem}: move it aside or {way_out}")
     if path.exists():
-        with open(path, "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:  # an empty file is a store MLflow has yet to create
-            raise TrackingUnavailableError(
-                f"tracking store {path} is not an SQLite database (corrupted?): move it aside to start a new "
-                f"one, or {way_out}"
-            )
         if not os.access(path, os.W_OK):
             raise TrackingUnavailableError(f"tracking store {path} is read-only: {way_out}")
     elif not os.access(_existing_parent(path.parent), os.W_OK):

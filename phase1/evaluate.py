@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,6 @@ import torch
 from torch import nn
 
 from common.checkpoint import CheckpointError, check_output_file, write_atomically
-from common.config import positive_int
 from phase1.codec import CodecError
 from phase1.data import image_paths, list_images, load_rgb
 from phase1.loss import bits_per_pixel, ms_ssim, psnr
@@ -138,6 +138,9 @@ def read_curve(path: str) -> list[dict]:
         missing = [k for k in CURVE_KEYS if not isinstance(point, dict) or not isinstance(point.get(k), (int, float))]
         if missing:
             raise ValueError(f"{path}: point {i} has no number for {', '.join(missing)}")
+        bad = [k for k in CURVE_KEYS if not math.isfinite(point[k]) or (k == "bpp" and point[k] <= 0)]
+        if bad:
+            raise ValueError(f"{path}: point {i} has {bad[0]}={point[bad[0]]}, not a finite positive number")
     return points
 
 
@@ -149,7 +152,13 @@ def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) 
     from phase1 import rd
 
     anchor, test = read_curve(anchor_json), read_curve(test_json)
+    out = check_output_file(plot, "--plot", {"anchor": anchor_json, "test": test_json}) if plot else None
     low, high, fraction = rd.quality_overlap(anchor, test)
+    if high <= low:
+        raise ValueError(
+            f"the curves of {anchor_json} and {test_json} share no PSNR range ({low:.2f} > {high:.2f} dB): "
+            "BD-rate compares rates at equal quality, so it is undefined here"
+        )
     summary = {
         "bd_rate_percent": rd.bd_rate(anchor, test),
         "bd_psnr_db": rd.bd_psnr(anchor, test),
@@ -161,8 +170,8 @@ def compare(anchor_json: str, test_json: str, plot: str | None, bootstrap: int) 
             if not all("bpp_per_image" in p and ({"psnr_per_image", "mse_per_image"} & p.keys()) for p in curve):
                 raise ValueError(f"{path} has no per-image numbers, which the bootstrap resamples (--bootstrap 0)")
         summary["bootstrap"] = rd.bd_rate_bootstrap(anchor, test, samples=bootstrap)
-    if plot:
-        rd.plot_rd({Path(anchor_json).stem: anchor, Path(test_json).stem: test}, plot)
+    if out:
+        rd.plot_rd({Path(anchor_json).stem: anchor, Path(test_json).stem: test}, out)
     return summary
 
 
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("anchor")
             p.add_argument("test")
             p.add_argument("--plot")
-            p.add_argument("--bootstrap", type=positive_int, default=1000)
+            p.add_argument("--bootstrap", type=int, default=1000)
             a = p.parse_args(argv[1:])
             print(json.dumps(compare(a.anchor, a.test, a.plot, a.bootstrap), indent=2))
             return 0

@@ -209,9 +209,10 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
 
 
 @configs.main("phase1")
-def cli(cfg: DictConfig) -> None:
+def cli(cfg: DictConfig) -> dict:
     summary = train(cfg)
-    print({k: v for k, v in summary.items()})
+    print(summary)
+    return summary  # configs.main turns a stop by a signal into the exit status
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def read_text_source(path: str | Path, encoding_errors: str = "strict") -> list[
     byte of silently altered text mean nothing. `encoding_errors="replace"` reads it anyway, with U+FFFD for
     each bad sequence, and warns with the count."""
     path = Path(path)
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"data.encoding_errors={encoding_errors!r} must be strict or replace")
     if not path.exists():
         raise FileNotFoundError(f"text path {path} does not exist")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
@@ -156,9 +158,12 @@ class TokenWindows(Dataset):
     EpochBatches), so epochs differ while resume stays exact. Evaluation (`random_offset=False`): contiguous,
     non-overlapping windows that cover the stream once."""
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, random_offset: bool = True):
+    def __init__(self, tokens: torch.Tensor, seq_len: int, random_offset: bool = True, name: str = "the text"):
         if tokens.numel() < seq_len + 2:
-            raise ValueError(f"the token stream ({tokens.numel()} tokens) is shorter than seq_len={seq_len} + 2")
+            raise ValueError(
+                f"{name} has {tokens.numel()} tokens, fewer than seq_len={seq_len} + 2: give more text or a "
+                "smaller seq_len"
+            )
         self.tokens, self.seq_len, self.random_offset = tokens, seq_len, random_offset
         self.count = (tokens.numel() - 1) // seq_len - (1 if random_offset else 0)
 

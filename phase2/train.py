@@ -182,7 +182,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         LanguageModelHooks,
         device=device,
         precision=cfg.precision,
-        val_windows=TokenWindows(streams["val"], cfg.seq_len, random_offset=False),
+        val_windows=TokenWindows(streams["val"], cfg.seq_len, random_offset=False, name="the validation split"),
         bytes_per_token=bytes_per_token,
         eval_batches=cfg.eval.max_batches,
         batch_size=cfg.batch_size,
@@ -198,7 +198,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         model=model,
         optimizer=build_optimizer(model, cfg.optim),
         hooks=hooks,
-        train_set=TokenWindows(streams["train"], cfg.seq_len),
+        train_set=TokenWindows(streams["train"], cfg.seq_len, name="the training split"),
         batch_size=cfg.batch_size,
         tags=tags,
         d_model=model.config.d_model,
@@ -216,8 +216,10 @@ def _model_name(cfg_model: DictConfig) -> str:
 
 
 @configs.main("phase2")
-def cli(cfg: DictConfig) -> None:
-    print(train(cfg))
+def cli(cfg: DictConfig) -> dict:
+    summary = train(cfg)
+    print(summary)
+    return summary  # configs.main turns a stop by a signal into the exit status
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ class Report:
     blocks: list[str] = field(default_factory=list)  # Markdown blocks
 
     def __post_init__(self) -> None:
+        from common.checkpoint import check_folder
+
+        check_folder(self.folder, "the report folder")  # a file in the way is one line, not a traceback
         self.folder.mkdir(parents=True, exist_ok=True)  # sections save their plots before write()
 
     def heading(self, text: str) -> None:
@@ -566,9 +569,15 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
 def build(
     experiment: str | None = None, study: str | None = None, storage: str | None = None, out_root: Path = OUT_ROOT
 ) -> Path:
+    for option, value in (("--experiment", experiment), ("--study", study)):
+        if value is not None and (not re.fullmatch(r"[\w.-]+", value) or value in (".", "..")):
+            raise ValueError(f"{option} {value!r} must be a plain name (letters, digits, '_', '.', '-')")
     name = study or experiment or "all"
-    report = Report(title=f"Report: {name}", folder=out_root / name)
     runs = load_runs(experiment, study)
+    if runs.empty and (experiment or study):
+        what = f"study {study!r}" if study else f"experiment {experiment!r}"
+        raise ValueError(f"the MLflow store {default_tracking_uri()} holds no runs of {what}: check the name")
+    report = Report(title=f"Report: {name}", folder=out_root / name)
     report.text(
         f"Generated from the MLflow store {default_tracking_uri()} ({len(runs)} runs). "
         "Run ids (first 8 characters) name the run each number comes from."

@@ -63,15 +63,32 @@ def open_storage(url: str):
     if url.startswith("sqlite:"):
         from common.sqlite_lock import creation_lock
 
+        check_sqlite_storage(url)
+
         with creation_lock(url):  # a new storage's schema is written by one process at a time
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return RDBStorage(
-        url,
-        heartbeat_interval=30,
-        grace_period=120,
-        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
-    )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=120,
+            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
+        )
+    except SQLAlchemyError as err:  # a server that is down, a wrong password: SQLAlchemy's page-long message
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+        raise ValueError(f"Optuna storage {url} cannot be opened ({reason})") from None
+
+
+def check_sqlite_storage(url: str) -> None:
+    """A folder or a non-SQLite file named as the storage: one line, before any lock file is made beside it."""
+    from common.sqlite_lock import sqlite_file_problem
+
+    problem = sqlite_file_problem(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:") else None
+    if problem:
+        raise ValueError(f"Optuna storage {url} {problem}: move it aside, or give another --storage")
 
 
 def is_local(url: str) -> bool:
@@ -419,6 +436,7 @@ def run_study(
         from common.tracking import ensure_store
 
         ensure_store()  # migrate the MLflow store once, before several processes use it
+    check_sqlite_storage(storage_url)
     with _sole_runner(storage_url):
         return _run(spec, study_file, size, placement, storage_url, logger, sampler)
 

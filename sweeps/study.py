@@ -45,7 +45,14 @@ def load_study(path_or_name: str | Path, sampler: str | None = None) -> StudySpe
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no study file {path_or_name!r}; known studies: {known}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ValueError(f"study file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"study file {path} must be a mapping of study keys, not {type(raw).__name__}")
     unknown = set(raw) - set(StudySpec.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{path}: unknown study key(s) {sorted(unknown)}")

@@ -125,6 +125,11 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
         path = save_checkpoint(d / name, {"kind": kind, "model_state_dict": {"w": torch.zeros(1000)}})
         path.write_bytes(path.read_bytes()[:300])
     shutil.copyfile(_migrated_store_template, d / "mlflow.db")
+    (d / "broken.yaml").write_text("name: [unclosed\nphase: phase1\n")
+    curve = [{"bpp": 0.1 * (i + 1), "psnr": 30.0 + i} for i in range(4)]
+    (d / "curve.json").write_text(json.dumps({"points": curve}))
+    (d / "far.json").write_text(json.dumps({"points": [{**p, "psnr": p["psnr"] + 20} for p in curve]}))
+    (d / "negative.json").write_text(json.dumps({"points": [{**curve[0], "bpp": -1.0}, *curve[1:]]}))
     (d / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     (d / "victim" / "checkpoints").mkdir(parents=True)  # another run's folder, with its checkpoints
     shutil.copyfile(d / "codec.pt", d / "victim" / "checkpoints" / "last.pt")
@@ -284,6 +289,35 @@ CASES = [
     ("p1 device typo", "phase1.train", [*P1, "device=gpu0"], ["device='gpu0'", "not a device"]),
     ("p2 zero window", "phase2.train", [*P2[:4], "seq_len=0"], ["seq_len=0", ">= 1"]),
     ("p2 zero batch", "phase2.train", [*P2[:3], "batch_size=0", P2[4]], ["batch_size=0", ">= 1"]),
+    ("p1 unknown tracking scheme", "phase1.train", [*P1, "logger.tracking_uri=bogus://x"], ["bogus://x", "scheme"]),
+    ("compare disjoint curves", "phase1.evaluate", ["compare", "{d}/curve.json", "{d}/far.json"], ["no PSNR range"]),
+    (
+        "compare a negative rate",
+        "phase1.evaluate",
+        ["compare", "{d}/curve.json", "{d}/negative.json"],
+        ["negative.json", "point 0", "bpp=-1.0"],
+    ),
+    (
+        "compare --plot is a folder",
+        "phase1.evaluate",
+        ["compare", "{d}/curve.json", "{d}/curve.json", "--plot", "{d}/empty", "--bootstrap", "0"],
+        ["--plot", "is a folder"],
+    ),
+    ("sweep broken study file", "sweeps.run", ["{d}/broken.yaml", "--logger", "none"], ["broken.yaml", "YAML"]),
+    (
+        "sweep storage is a folder",
+        "sweeps.run",
+        ["balanced", "--storage", "sqlite:///{d}/empty", "--logger", "none"],
+        ["empty", "is a folder"],
+    ),
+    (
+        "sweep storage is not SQLite",
+        "sweeps.run",
+        ["balanced", "--storage", "sqlite:///{d}/text.txt", "--logger", "none"],
+        ["text.txt", "not an SQLite database"],
+    ),
+    ("report unknown experiment", "reports.build", ["--experiment", "no_such_experiment"], ["no runs", "no_such"]),
+    ("report path as a name", "reports.build", ["--study", "../../escape"], ["--study", "plain name"]),
     ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
     (
         "sweep unknown size",
@@ -312,6 +346,22 @@ def test_bad_input(launcher, files, tmp_path, case, module, args, needles):
     rc, output = launcher(module, argv, env={"MLFLOW_TRACKING_URI": f"sqlite:///{files / 'mlflow.db'}"})
     _assert_one_line(rc, output, needles)
     assert _snapshot(files) == before  # nothing written before is touched, and no partial output appears
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("phase2.evaluate", ["{d}/lm.pt", "{d}/text.txt", "--batch-size", "0"]),
+        ("phase2.evaluate", ["{d}/lm.pt", "{d}/text.txt", "--seq-len", "-3"]),
+        ("phase2.diagnostics", ["{d}/lm.pt", "--tokens", "0"]),
+        ("phase2.generate", ["{d}/lm.pt", "--prompt", "hi", "--max-new-tokens", "0"]),
+        ("sweeps.run", ["balanced", "--workers", "0"]),
+    ],
+)
+def test_counts_below_one_are_refused_by_the_argument_parser(launcher, files, module, args):
+    rc, output = launcher(module, [a.format(d=files) for a in args])
+    assert rc == 2 and "Traceback" not in output, output[-2000:]
+    assert "must be >= 1" in output.strip().splitlines()[-1], output[-2000:]
 
 
 STORE_CASES = [

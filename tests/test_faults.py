@@ -98,6 +98,27 @@ def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(tmp_pa
     assert [resumed[s] for s in after] == pytest.approx([full[s] for s in after], abs=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_and_exits_128_plus_its_number(tmp_path, signum):
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(builtin_articles()[:3]))
+    run = subprocess.Popen(
+        _lm_command(text, tmp_path / "ckpt", tmp_path / "run"),
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(lambda: (tmp_path / "ckpt" / "step_00000040.pt").exists(), 240, "the step-40 checkpoint")
+    run.send_signal(signum)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 128 + signum, output[-2000:]  # what a shell or a scheduler reads as "stopped"
+    assert f"stopped by signal {signum} after a checkpoint" in output
+    assert 40 <= load_checkpoint(tmp_path / "ckpt" / "last.pt")["global_step"] < 200
+
+
 WRITER = """
 import sys, torch
 from common.checkpoint import save_checkpoint

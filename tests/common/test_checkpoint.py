@@ -159,3 +159,14 @@ def test_a_checkpoint_of_another_model_size_is_one_line_naming_what_differs():
     assert "\n" not in message and message.startswith("checkpoint big.pt does not fit this model: 2 shape(s) differ")
     assert "0.weight: checkpoint (16, 4), model (8, 4)" in message and "2 unexpected (e.g. 2.weight)" in message
     load_model_state(model, torch.nn.Sequential(torch.nn.Linear(4, 8)).state_dict(), "same.pt")  # fits: loads
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", _payload())
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the team, like any file the user writes
