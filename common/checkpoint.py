@@ -136,9 +136,7 @@ def _umask() -> int:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically (write_atomically)."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    if isinstance(payload.get("model_state_dict"), dict):
-        payload["model_checksum"] = tensors_checksum(payload["model_state_dict"])
-    payload["tensors_checksum"] = tensors_checksum(every_tensor(payload))  # optimizer state and the rest too
+    payload["tensors_checksum"] = tensors_checksum(every_tensor(payload))  # weights, optimizer state, the rest
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -223,14 +221,16 @@ def every_tensor(payload: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_checksum(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """A checkpoint whose tensors no longer match the checksums saved with them is refused, naming the file."""
-    if "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
+    """A checkpoint whose tensors no longer match the checksum saved with them is refused, naming the file.
+    Files written before every tensor was covered carry `model_checksum`, over the weights alone."""
+    if "tensors_checksum" in payload:
+        if payload["tensors_checksum"] != tensors_checksum(every_tensor(payload)):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupted: its tensors (weights, optimizer or loop state) do not match "
+                "the checksum saved with them"
+            )
+    elif "model_checksum" in payload and payload["model_checksum"] != tensors_checksum(payload["model_state_dict"]):
         raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum saved with them")
-    if "tensors_checksum" in payload and payload["tensors_checksum"] != tensors_checksum(every_tensor(payload)):
-        raise CheckpointError(
-            f"checkpoint {path} is corrupted: its tensors (optimizer state or loop state) do not match the "
-            "checksum saved with them"
-        )
 
 
 def last_in_run_folder(folder: Path) -> Path:

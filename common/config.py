@@ -268,9 +268,14 @@ def _check_run_folder(overrides: Sequence[str]) -> None:
                 _exit_with(err)
 
 
+def error_line(err: BaseException) -> str:
+    """An exception as the one line a CLI prints: its message's first line, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _exit_with(err: BaseException) -> None:
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {error_line(err)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -279,7 +284,6 @@ def run_guarded(body: Callable[[], Any]) -> int:
     try:
         body()
     except _user_error_types() as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0

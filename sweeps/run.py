@@ -151,7 +151,7 @@ def _pruner(spec: StudySpec):
     import optuna
 
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=spec.pruner_warmup_evals)
+        return optuna.pruners.MedianPruner(n_startup_trials=2)  # the warm-up counts evaluations: see report()
     return optuna.pruners.NopPruner()
 
 
@@ -316,7 +316,8 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
             if spec.report_metric in point:
                 evals += 1
                 trial.report(point[spec.report_metric], step)
-                if trial.should_prune():
+                # the first pruner_warmup_evals evaluations are never pruned, whatever eval_every is
+                if evals > spec.pruner_warmup_evals and trial.should_prune():
                     raise optuna.TrialPruned(
                         f"pruned at step {step} ({spec.report_metric}={point[spec.report_metric]:.4g})"
                     )
@@ -338,8 +339,9 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+    from common.config import error_line
+
+    return f"{type(err).__name__}: {error_line(err)}"[:500]
 
 
 # --------------------------------------------------------------------------------------------- running

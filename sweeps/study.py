@@ -24,7 +24,7 @@ class StudySpec:
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
     sampler: str = "grid"  # grid | tpe
     pruner: str = "none"  # none | median
-    pruner_warmup_evals: int = 1
+    pruner_warmup_evals: int = 1  # a trial's first N evaluations are never pruned
     report_metric: str = "val/loss"  # intermediate value reported at each evaluation (for pruners)
     n_trials: int = 12
     seed: int = 0

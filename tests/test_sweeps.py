@@ -255,3 +255,43 @@ def test_a_sweep_with_some_failures_exits_0_and_counts_them(tmp_path, capsys):
     status = main([study, "--logger", "none", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"])
     assert status == 0
     assert "2 of 4 trial(s) of this run failed; the first, trial " in capsys.readouterr().out
+
+
+PRUNED = """
+name: pruned
+phase: phase1
+objective: final/val/loss
+overrides: [optim=adam, model=tiny]
+sizes:
+  demo: [data.patch_size=64, data.batch_size=2, data.repeats=1, loop.max_steps=6, loop.eval_every=2,
+         loop.log_every=1, loop.progress=false, eval.max_images=1, eval.real_bitstreams=false]
+search_space:
+  optim.lr: {type: categorical, choices: [0.0001, 0.00011, 0.01]}
+sampler: tpe
+pruner: median
+pruner_warmup_evals: 0
+n_trials: 3
+"""
+
+
+def test_the_median_pruner_stops_a_bad_trial_on_val_loss_before_its_last_evaluation(tmp_path, mlflow_store):
+    from optuna.trial import TrialState
+
+    path = tmp_path / "pruned.yaml"
+    path.write_text(PRUNED)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(load_study(str(path)), storage)
+    for lr in (0.0001, 0.00011, 0.01):  # two sane trials set the median, then one whose lr wrecks the codec
+        study.enqueue_trial({"optim.lr": lr})
+    summary = run_study(str(path), storage=storage)
+    assert (summary["n_complete"], summary["n_pruned"]) == (2, 1)
+    trials = sorted(open_study(load_study(str(path)), storage).trials, key=lambda t: t.number)
+    good, bad = trials[:2], trials[2]
+    assert bad.params["optim.lr"] == 0.01 and bad.state == TrialState.PRUNED
+    assert all(sorted(t.intermediate_values) == [2, 4, 6] for t in good)  # evaluations at steps 2, 4, 6
+    assert sorted(bad.intermediate_values) == [2]  # pruned at its first evaluation, on val/loss
+    median = sorted(t.intermediate_values[2] for t in good)[0]  # of two values, Optuna's median is the lower
+    assert bad.intermediate_values[2] > median
+    runs = _trial_runs(mlflow_store, "pruned")
+    state = dict(zip(runs["tags.optuna_trial"], runs["status"]))
+    assert state[str(bad.number)] == "KILLED"
