@@ -26,7 +26,7 @@ PORT       ?= 5000
 
 .PHONY: help install test test-deps test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
         sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
-        bench-phase1-rd bench-phase2-lm
+        bench-phase1-rd bench-phase1-mps bench-phase2-lm
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -127,7 +127,10 @@ bench-gate-scan: $(STAMP) ## The memory's gate-scan kernel: variants, time per g
 # Resumable: runs live in outputs/rd_base; run the target again after an interruption to continue them.
 bench-phase1-rd: $(STAMP) ## Phase 1 experiment: HPCM_Base Adam vs Balanced from scratch, 2,000 steps, R-D curves, BD-rate (GPU, ~25 min on one H200)
 	$(PY) benchmarks/bench_phase1_rd.py --experiment rd_study --parallel 10 --work outputs/rd_base_2000 \
-	  --out benchmarks/results/phase1_rd_base_2000.json -- logger=none
+	  $(if $(shell command -v nvidia-cuda-mps-control),--mps) --out benchmarks/results/phase1_rd_base_2000.json -- logger=none
+
+bench-phase1-mps: $(STAMP) ## Steps of 10 parallel HPCM_Base runs in 120 s, time-sliced vs CUDA MPS (GPU, ~6 min)
+	$(PY) benchmarks/bench_phase1_mps.py --seconds 120 --out benchmarks/results/phase1_parallel_mps.json
 
 bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte, tokens/s, memory (GPU)
 	$(PY) benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json

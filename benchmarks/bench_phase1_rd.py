@@ -10,8 +10,11 @@ The runs' settings (model, steps, rd_set tag) are the experiment file's (--exper
 experiments/phase1/experiment/rd_study.yaml); --model, --steps and --rd-set override them.
 
 Runs live in --work (one folder each). With --deadline the runs still going at that many seconds get SIGTERM,
-checkpoint and stop; the script then exits with status 3 and running it again with the same --work resumes
-each from its last checkpoint, so a long experiment fits commands of limited length. With --warm-start N both
+checkpoint and stop; the script then exits with status 3 after printing each run's step, and running it again
+with the same --work resumes each from its last checkpoint, so a long experiment fits commands of limited length.
+With --mps the runs share the GPU through the CUDA MPS daemon (started if it is not running, stopped at the end
+if this script started it), so their kernels overlap instead of taking turns; `make bench-phase1-mps` measures
+the gain. With --warm-start N both
 optimizers continue, per lambda, from the same codec trained N steps with Adam. Extra Hydra overrides for
 every run follow `--`.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +40,27 @@ from phase1.data import image_paths
 from phase1.evaluate import operating_point
 
 INCOMPLETE = 3  # exit status: runs are left to resume
+MPS_ENV = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps_pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/mps_log"}
+
+
+def start_mps() -> bool:
+    """Starts the MPS control daemon unless one answers on MPS_ENV's pipe; True when this call started it."""
+    binary = shutil.which("nvidia-cuda-mps-control")
+    if binary is None:
+        sys.exit("error: --mps: nvidia-cuda-mps-control is not on PATH (CUDA MPS ships with the NVIDIA driver)")
+    for name, folder in MPS_ENV.items():
+        os.environ.setdefault(name, folder)  # the runs inherit it: that is how they find the daemon
+        Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
+    if (Path(os.environ["CUDA_MPS_PIPE_DIRECTORY"]) / "control").exists():
+        return False
+    started = subprocess.run([binary, "-d"], capture_output=True, text=True)
+    if started.returncode != 0:
+        sys.exit(f"error: --mps: nvidia-cuda-mps-control -d failed: {started.stderr.strip() or started.returncode}")
+    return True
+
+
+def stop_mps() -> None:
+    subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, capture_output=True)
 
 
 def data_overrides(args) -> list[str]:
@@ -81,8 +106,12 @@ def fill_from_experiment(args) -> None:
     args.steps = args.steps or int(study.loop.max_steps)
 
 
+def steps_done(folder: Path) -> int:
+    return int(load_checkpoint(folder / "last.pt")["global_step"]) if (folder / "last.pt").is_file() else 0
+
+
 def finished(folder: Path, steps: int) -> bool:
-    return (folder / "last.pt").is_file() and int(load_checkpoint(folder / "last.pt")["global_step"]) >= steps
+    return steps_done(folder) >= steps
 
 
 class Runs:
@@ -143,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--work", type=Path, default=Path("outputs/bench_phase1_rd"), help="run folders (resumable)")
     p.add_argument("--deadline", type=float, default=None, help="seconds from now after which runs are stopped")
+    p.add_argument("--mps", action="store_true", help="share the GPU between the runs through CUDA MPS")
     p.add_argument("--rd-set", default=None, help="the runs' rd_set tag (default: the experiment's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/phase1_rd.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
@@ -152,6 +182,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     fill_from_experiment(args)
+    started_mps = args.mps and start_mps()
+    try:
+        return run_study(args)
+    finally:
+        if started_mps:
+            stop_mps()
+
+
+def run_study(args) -> int:
     deadline = time.time() + args.deadline if args.deadline else None
     runs = Runs(args.parallel, deadline)
     folders = {
@@ -180,6 +219,8 @@ def main() -> int:
     failed = runs.run(todo)
     unfinished = [f"{o}_{lm}" for (o, lm), f in folders.items() if not finished(f, args.steps)]
     if unfinished:
+        for (o, lm), f in folders.items():
+            print(f"{o}_{lm}: step {steps_done(f)} of {args.steps}", flush=True)
         print(f"unfinished: {unfinished} (failed: {failed}); run the same command again to continue", flush=True)
         return INCOMPLETE
 

@@ -8,7 +8,13 @@ Each name is imported from its module on first use (module-level __getattr__): C
 import, and phase1.data or phase1.rd do not need it.
 """
 
+import warnings
+
 from common.exports import lazy_exports
+
+# CompressAI 1.2.8 scripts a helper with torch.jit.script at import, which newer torch deprecates; the warning is
+# about CompressAI's code, not the user's, and would open every command's output.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 _EXPORTS = {
     "phase1.hpcm": ["HPCM", "HPCMConfig", "build_hpcm", "load_hpcm_state_dict"],
