@@ -268,7 +268,7 @@ class Loop:
         if stop:
             self.save()
         else:
-            last_eval = {**last_eval, **self._held_out(self.hooks.test)}
+            last_eval = {**(last_eval or self._last_evaluation()), **self._held_out(self.hooks.test)}
         self.logger.flush()
         summary = {f"final/{k}": v for k, v in last_eval.items()}
         summary.update(
@@ -309,6 +309,12 @@ class Loop:
         if metrics:
             self._log(metrics)
         return metrics
+
+    def _last_evaluation(self) -> dict[str, float]:
+        """A resumed run that was already finished trains nothing: its final validation numbers are those of its
+        last evaluation, from the history it carries (a sweep's retry of a finished trial needs them)."""
+        evaluations = [h for h in self.state.history if self.cfg.monitor in h]
+        return {k: v for k, v in evaluations[-1].items() if k != "step"} if evaluations else {}
 
     def _evaluate(self) -> dict[str, float]:
         metrics = self._held_out(self.hooks.evaluate)

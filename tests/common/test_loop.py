@@ -173,8 +173,11 @@ def test_non_positive_sizes_and_intervals_are_refused_naming_the_key(key, value)
 
 def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, capsys):
     first, _ = _make(tmp_path / "a", max_steps=4)
-    first.run()
+    done = first.run()
     again, hooks = _make(tmp_path / "b", max_steps=4)
-    again.fit(load_checkpoint(tmp_path / "a" / "ckpt" / "last.pt", kind="test"))
+    summary = again.fit(load_checkpoint(tmp_path / "a" / "ckpt" / "last.pt", kind="test"))
     assert hooks.losses == [] and again.state.global_step == 4
     assert "the resumed run is finished (step 4 of loop.max_steps=4)" in capsys.readouterr().err
+    # its final validation numbers are still in the summary (a sweep's objective), those of its last evaluation
+    finals = {k: v for k, v in done.items() if k.startswith("final/val/")}
+    assert finals and {k: summary[k] for k in finals} == finals
