@@ -23,9 +23,11 @@ EXPERIMENT ?=
 ARGS       ?=
 HOST       ?= 127.0.0.1
 PORT       ?= 5000
+# `make optuna-dashboard` listens on 8080 unless PORT is given (command line or environment): 5000 is MLflow's.
+DASHBOARD_PORT := $(if $(filter file,$(origin PORT)),8080,$(PORT))
 
 .PHONY: help install test test-deps test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
-        sweep-balanced report data-kodak browser postgres mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
+        sweep-balanced optuna-dashboard report data-kodak browser postgres slurm mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
         bench-phase1-rd bench-phase1-mps bench-phase2-lm
 
 help: ## List every target with one line each
@@ -42,11 +44,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv (if missing) and install the project with its dev tools
 
-# The MLflow UI test drives Debian's Chromium: installed here when we may (CI runs as root on Debian).
+# The MLflow UI and optuna-dashboard tests drive Debian's Chromium: installed here when we may (CI runs as root on
+# Debian).
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "note: chromium is not installed; the MLflow UI browser test will be skipped"
+	  echo "note: chromium is not installed; the MLflow UI and optuna-dashboard browser tests will be skipped"
 
 # The PostgreSQL tests start a real server from Debian's package; installed here when missing (as root).
 postgres:
@@ -55,7 +58,14 @@ postgres:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "note: PostgreSQL is not installed; its tests will fail under CI"
 
-test-deps: browser postgres ## Install what the UI and PostgreSQL tests drive: Chromium and PostgreSQL (as root, Debian)
+# The SLURM tests start a one-node cluster (slurmctld, slurmd, munged) from Debian's packages (as root).
+slurm:
+	@command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
+	  echo "note: SLURM is not installed; its tests will fail under CI"
+
+test-deps: browser postgres slurm ## Install what the UI, PostgreSQL and SLURM tests drive (as root, Debian)
 
 test: $(STAMP) ## Run the CPU test suite (installs first if needed; `make test-deps` for the browser and database tests)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -q
@@ -73,6 +83,9 @@ sweep-balanced: $(STAMP) ## Optuna grid over Balanced's gamma x w_lr (SIZE=demo|
 	$(PY) -m sweeps.run balanced --size $(SIZE) $(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
 	  $(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) $(if $(STORAGE),--storage $(STORAGE)) \
 	  $(if $(SAMPLER),--sampler $(SAMPLER))
+
+optuna-dashboard: $(STAMP) ## Watch the sweep's study in optuna-dashboard (STORAGE=url, HOST=127.0.0.1 PORT=8080)
+	$(PY) -m sweeps.dashboard $(if $(STORAGE),--storage "$(STORAGE)") --host $(HOST) --port $(DASHBOARD_PORT)
 
 report: $(STAMP) ## Build reports/out/<name>/index.{md,html} from the MLflow runs (STUDY=, EXPERIMENT=)
 	$(PY) -m reports.build $(if $(STUDY),--study $(STUDY)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))

@@ -245,6 +245,8 @@ class MLflowLogger:
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "resumed_by", shlex.join(sys.argv))
+            for key, value in (tags or {}).items():  # who resumed it, e.g. the sweep trial that retries it
+                self.client.set_tag(run_id, key, str(value))
         self.run_id = run_id
         self._writer = threading.Thread(target=self._write_in_background, name="mlflow-writer", daemon=True)
         self._writer.start()
@@ -338,8 +340,14 @@ class MLflowLogger:
 
 
 def run_context_tags() -> dict[str, str]:
-    """Where a run came from: git commit and dirty flag, the command line, the host."""
-    return {**git_state(), "command": shlex.join(sys.argv), "host": socket.gethostname()}
+    """Where a run came from: git commit and dirty flag, the command line, the host, and the SLURM job (whose
+    log holds what the run printed)."""
+    tags = {**git_state(), "command": shlex.join(sys.argv), "host": socket.gethostname()}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags["slurm_job_id"] = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{array_task}" if array_task else job
+    return tags
 
 
 def create_logger(cfg: Mapping[str, Any] | None, run_id: str | None = None, is_main: bool = True) -> Logger:

@@ -5,6 +5,7 @@
     python -m sweeps.run balanced --size full --workers 4
     python -m sweeps.run balanced --storage postgresql://user@host/optuna   # many machines, one study
     python -m sweeps.run balanced --size full --gpus 0,1 --workers-per-gpu 2     # 4 workers, 2 per GPU
+    python -m sweeps.run balanced --size full --slurm --array 8 --storage postgresql://...   # 8 SLURM tasks
 
 GPUs: worker i runs on GPU i mod G of the G GPUs in --gpus (default: CUDA_VISIBLE_DEVICES, else every GPU
 torch sees), set as its CUDA_VISIBLE_DEVICES before CUDA starts in it; --workers defaults to G x
@@ -34,6 +35,7 @@ from common.config import positive_int, run_guarded
 from sweeps.study import StudySpec, load_study
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+TRIAL_ROOT_ATTR = "trial_root"  # the trials' folders, under paths.output_root
 
 
 def _counted_states():
@@ -78,8 +80,12 @@ def open_storage(url: str):
             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
         )
     except SQLAlchemyError as err:  # a server that is down, a wrong password: SQLAlchemy's page-long message
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
-        raise ValueError(f"Optuna storage {url} cannot be opened ({reason})") from None
+        raise ValueError(f"Optuna storage {url} cannot be opened ({database_error_line(err)})") from None
+
+
+def database_error_line(err: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy wraps it in a page of its own text)."""
+    return str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
 
 
 def check_sqlite_storage(url: str) -> None:
@@ -251,6 +257,51 @@ def parent_run_id(study, spec: StudySpec, size: str) -> str | None:
     return parent.run_id
 
 
+def trial_root(study) -> str:
+    """The folder of the study's trial folders, relative to paths.output_root: chosen once and kept in the
+    study's user attributes, so every worker, host and rerun writes (and resumes) in the same place, and a new
+    study of the same name never meets an old one's checkpoints."""
+    from common.config import run_stamp
+
+    existing = study.user_attrs.get(TRIAL_ROOT_ATTR)
+    if existing:
+        return existing
+    study.set_user_attr(TRIAL_ROOT_ATTR, f"sweeps/{study.study_name}_{run_stamp()}")
+    return study.user_attrs[TRIAL_ROOT_ATTR]
+
+
+def study_output_root(spec: StudySpec, size: str) -> str:
+    """paths.output_root as the study's trials see it (a study may set it in its overrides)."""
+    from common.config import check_overrides
+
+    return check_overrides(spec.phase, [*spec.overrides, *spec.sizes.get(size, [])]).paths.output_root
+
+
+def retried_trial(trial) -> int | None:
+    """The number of the trial this one (a FrozenTrial) repeats: the last of Optuna's heartbeat retries
+    (retry_history), else the trial a runner queued it for (retry_of, see requeue); None for a first attempt."""
+    history = trial.system_attrs.get("retry_history")
+    if history:
+        return history[-1]
+    return trial.user_attrs.get("retry_of")
+
+
+def trial_folder_overrides(trial, output_root: str, logger: str) -> list[str]:
+    """Each trial checkpoints into <trial root>/trial-<number>; a retry resumes from the last checkpoint of the
+    trial it repeats (and so continues its MLflow run), so a preempted or killed trial loses at most
+    loop.ckpt_every steps, not all of them."""
+    root = Path(output_root) / trial.study.user_attrs[TRIAL_ROOT_ATTR]
+    overrides = [f"checkpoint.dir={root / f'trial-{trial.number}'}"]
+    previous = retried_trial(trial.study._storage.get_trial(trial._trial_id))
+    last = root / f"trial-{previous}" / "last.pt" if previous is not None else None
+    if last is not None and last.is_file():
+        overrides.append(f"resume={last}")
+        trial.set_user_attr("resumed_from", str(last))
+        if logger == "mlflow":
+            overrides.append(f"+logger.tags.optuna_retry_of={previous}")
+    return overrides
+
+
 # --------------------------------------------------------------------------------------------- a trial
 def _suggest(trial, spec: StudySpec) -> dict[str, Any]:
     params = {}
@@ -294,6 +345,7 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
 
     train = importlib.import_module(f"{spec.phase}.train").train
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or None  # what this worker was given (use_gpu)
+    output_root = study_output_root(spec, size)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("gpu", gpu or "cpu")
@@ -308,7 +360,10 @@ def make_objective(spec: StudySpec, size: str, parent: str | None, logger: str =
     def run_trial(trial: optuna.Trial) -> float:
         params = _suggest(trial, spec)
         # the command line's own checks: a value of the wrong type is named, not found deep inside train()
-        cfg = check_overrides(spec.phase, trial_overrides(spec, size, params, trial.number, parent, logger, gpu))
+        overrides = trial_overrides(spec, size, params, trial.number, parent, logger, gpu)
+        if TRIAL_ROOT_ATTR in trial.study.user_attrs:  # set by the runner (absent: a study driven by hand)
+            overrides += trial_folder_overrides(trial, output_root, logger)
+        cfg = check_overrides(spec.phase, overrides)
         evals = 0
 
         def report(step: int, point: dict[str, float]) -> None:
@@ -357,6 +412,7 @@ def _worker(
     gpu: str | None = None,
 ) -> None:
     from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
 
     use_gpu(gpu)  # first: before anything here starts CUDA
     if workers > 1:  # share the cores: OpenMP threads of several processes on one core spin against each other
@@ -366,12 +422,14 @@ def _worker(
     spec = load_study(study_file, sampler=sampler)
     study = open_study(spec, storage_url)
     # Each local worker runs its share of the trials still missing, so N workers together neither stop short
-    # nor overshoot; MaxTrialsCallback also caps the total for workers on other machines.
+    # nor overshoot. Workers on other machines or in a SLURM array may each run them all: MaxTrialsCallback
+    # stops a worker once the finished trials and those running elsewhere make the study's total.
+    counted = (*_counted_states(), TrialState.RUNNING)
     study.optimize(
         make_objective(spec, size, parent, logger),
         n_trials=quota,
         catch=(Exception,),
-        callbacks=[MaxTrialsCallback(spec.n_trials, states=_counted_states()), _tag_trial_run(spec, logger)],
+        callbacks=[MaxTrialsCallback(spec.n_trials, states=counted), _tag_trial_run(spec, logger)],
     )
 
 
@@ -427,11 +485,18 @@ def run_study(
     sampler: str | None = None,
     gpus: list[str] | None = None,
     workers_per_gpu: int = 1,
+    slurm_array: int | None = None,
+    slurm_params: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the study's missing trials; `gpus` None means the visible GPUs (see place_workers)."""
+    """Run the study's missing trials; `gpus` None means the visible GPUs (see place_workers). With
+    `slurm_array` N the workers are N SLURM array tasks instead (sweeps/slurm.py)."""
     spec = load_study(study_file, sampler=sampler)
     if size not in spec.sizes:
         raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
+    if slurm_array:
+        from sweeps.slurm import run_array
+
+        return run_array(spec, study_file, size, storage, logger, sampler, slurm_array, slurm_params or [])
     placement = place_workers(visible_gpus() if gpus is None else gpus, workers, workers_per_gpu)
     storage_url = storage or default_storage(spec, len(placement))
     if logger == "mlflow":
@@ -471,6 +536,7 @@ def _run(spec: StudySpec, study_file: str, size: str, placement: list, storage_u
             if logger == "mlflow":
                 fail_tracking_runs(spec, requeued)
     parent = parent_run_id(study, spec, size) if logger == "mlflow" else None
+    trial_root(study)
     missing = spec.n_trials - len(study.get_trials(deepcopy=False, states=_counted_states()))
     quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
     print(
@@ -546,14 +612,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
     parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
+    parser.add_argument("--slurm", action="store_true", help="submit the workers as a SLURM job array (--array N)")
+    parser.add_argument("--array", type=positive_int, help="with --slurm: how many array tasks (workers)")
+    parser.add_argument(
+        "--slurm-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --slurm: change a job setting of experiments/hydra/launcher/slurm.yaml, e.g. partition=gpu",
+    )
     args = parser.parse_args(argv)
+    if args.slurm != (args.array is not None):
+        parser.error("--slurm and --array N go together: --slurm --array N submits N workers")
+    if args.slurm and (args.workers or args.gpus or args.workers_per_gpu != 1):
+        parser.error("--slurm places its workers itself (one GPU per array task): drop --workers/--gpus")
     summary: dict[str, Any] = {}
 
     def body() -> None:
-        gpus = parse_gpus(args.gpus)
+        gpus = None if args.slurm else parse_gpus(args.gpus)
         summary.update(
             run_study(
-                args.study, args.size, args.workers, args.storage, args.logger, args.sampler, gpus, args.workers_per_gpu
+                args.study,
+                args.size,
+                args.workers,
+                args.storage,
+                args.logger,
+                args.sampler,
+                gpus,
+                args.workers_per_gpu,
+                args.array,
+                args.slurm_param,
             )
         )
         print(summary)

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+
+from tests.servers import apt_install, free_port, skip_unless_ci
 
 # Tests never write to the user's store or open windows.
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -42,3 +47,27 @@ def mlflow_store(tmp_path, _migrated_store_template, monkeypatch) -> str:
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A PostgreSQL server on loopback: (url, data folder)."""
+    from common import postgres
+
+    # Under root the server runs as `postgres`, which must reach its folder: a folder of its own in /tmp (under
+    # pytest's temporary root, `pg_ctl stop` at teardown was refused the folder: permission denied).
+    parent = Path(tempfile.mkdtemp(prefix="research-pg-"))
+    parent.chmod(0o755)
+    folder = parent / "data"
+    try:
+        try:
+            postgres._bin("pg_ctl")
+        except FileNotFoundError:
+            apt_install("postgresql")
+        url = postgres.start(folder, free_port())
+    except (FileNotFoundError, subprocess.CalledProcessError) as err:
+        shutil.rmtree(parent, ignore_errors=True)
+        skip_unless_ci("PostgreSQL server", err)
+    yield url, folder
+    postgres.stop(folder)
+    shutil.rmtree(parent, ignore_errors=True)

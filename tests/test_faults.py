@@ -17,6 +17,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from phase2.data import builtin_articles
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -350,14 +351,6 @@ def test_a_locked_mlflow_store_does_not_stall_training_and_nothing_is_lost(tmp_p
     assert sorted(m.step for m in history) == list(range(5, 401, 5))  # written later, none lost
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_tracking_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
@@ -405,7 +398,7 @@ def test_a_tracking_server_down_mid_run_warns_once_and_loses_nothing(
     from common.config import compose
     from phase2.train import train
 
-    db, port = tmp_path / "server.db", _free_port()
+    db, port = tmp_path / "server.db", free_port()
     shutil.copyfile(_migrated_store_template, db)
     servers = [_start_tracking_server(db, tmp_path / "artifacts", port)]
     try:

@@ -4,67 +4,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from common import postgres
 from sweeps.run import open_study, run_study
 from sweeps.study import load_study
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgres")]
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _install_server() -> None:
-    """Debian's `postgresql` package when its programs are missing and we may install (root, apt-get); apt
-    caches the download, so only a first run pays for it. `make test` does the same through `make postgres`."""
-    try:
-        postgres._bin("pg_ctl")
-        return
-    except FileNotFoundError:
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise
-    quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=quiet, check=True, capture_output=True, text=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "postgresql"], env=quiet, check=True, capture_output=True, text=True
-    )
-
-
-@pytest.fixture(scope="module")
-def server():
-    # Under root the server runs as `postgres`, which must reach its folder: a folder of its own in /tmp (under
-    # pytest's temporary root, `pg_ctl stop` at teardown was refused the folder: permission denied).
-    parent = Path(tempfile.mkdtemp(prefix="research-pg-"))
-    parent.chmod(0o755)
-    folder = parent / "data"
-    try:
-        _install_server()
-        url = postgres.start(folder, _free_port())
-    except (FileNotFoundError, subprocess.CalledProcessError) as err:
-        shutil.rmtree(parent, ignore_errors=True)
-        if os.environ.get("CI"):
-            raise  # CI must exercise the real server: failing to start it is a failure, not a skip
-        pytest.skip(f"no PostgreSQL server could be started here ({getattr(err, 'stderr', '') or err})")
-    yield url, folder
-    postgres.stop(folder)
-    shutil.rmtree(parent, ignore_errors=True)
 
 
 STUDY = """
@@ -83,11 +38,11 @@ n_trials: 8
 """
 
 
-def test_four_workers_share_one_study_on_postgresql(server, tmp_path):
+def test_four_workers_share_one_study_on_postgresql(postgres_server, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "study.yaml"
     path.write_text(STUDY.format(name=name))
-    url = server[0]
+    url = postgres_server[0]
     summary = run_study(str(path), workers=4, storage=url, logger="none")
     assert summary["n_complete"] == 8 and summary["n_fail"] == 0
     study = open_study(load_study(str(path)), url)
@@ -95,9 +50,11 @@ def test_four_workers_share_one_study_on_postgresql(server, tmp_path):
     assert len(points) == 8  # every grid point once: no trial lost or repeated across the 4 workers
 
 
-def test_mlflow_server_on_postgresql(server, tmp_path):
-    port = _free_port()
-    backend = postgres.start(server[1], int(server[0].rsplit(":", 1)[1].split("/")[0]), database="mlflow")
+def test_mlflow_server_on_postgresql(postgres_server, tmp_path):
+    port = free_port()
+    backend = postgres.start(
+        postgres_server[1], int(postgres_server[0].rsplit(":", 1)[1].split("/")[0]), database="mlflow"
+    )
     proc = subprocess.Popen(
         ["make", "-s", "mlflow-server", f"PORT={port}", f"BACKEND={backend}"],
         cwd=ROOT,

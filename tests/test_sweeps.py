@@ -295,3 +295,57 @@ def test_the_median_pruner_stops_a_bad_trial_on_val_loss_before_its_last_evaluat
     runs = _trial_runs(mlflow_store, "pruned")
     state = dict(zip(runs["tags.optuna_trial"], runs["status"]))
     assert state[str(bad.number)] == "KILLED"
+
+
+@pytest.mark.parametrize("retried_by", ["runner", "heartbeat"])
+def test_a_retried_trial_resumes_from_the_checkpoint_of_the_trial_it_repeats(tmp_path, mlflow_store, retried_by):
+    # runner: the next local run finds trial 0 RUNNING and queues it again (retry_of); heartbeat: on a database
+    # storage, Optuna's RetryFailedTrialCallback fails the stale trial and adds the retry (retry_history)
+    from common.checkpoint import load_checkpoint
+    from common.config import check_overrides
+    from phase1.train import train
+    from sweeps.run import trial_overrides, trial_root
+
+    path = tmp_path / "retried.yaml"
+    text = textwrap.dedent(TINY.format(name="retried", gammas="[0.001]", n=1))
+    path.write_text(
+        text.replace("loop.max_steps=2,", "loop.max_steps=4, loop.ckpt_every=2,").replace(
+            "overrides: [", f"overrides: [paths.output_root={tmp_path / 'out'}, "
+        )
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = load_study(str(path))
+    study = open_study(spec, storage)
+    root = tmp_path / "out" / trial_root(study)
+    # a worker that died in trial 0 after its checkpoint at step 2 of 4: its trial RUNNING, its folder kept
+    dead = study.ask()
+    params = {"optim.gamma": dead.suggest_categorical("optim.gamma", [0.001]),
+              "optim.w_lr": dead.suggest_categorical("optim.w_lr", [0.01, 0.05])}  # fmt: skip
+    partial = trial_overrides(spec, "demo", params, dead.number, None, "mlflow", None)
+    train(check_overrides("phase1", [*partial, "loop.max_steps=2", f"checkpoint.dir={root / 'trial-0'}"]))
+    dead_run = _trial_runs(mlflow_store, "retried").run_id.tolist()
+    if retried_by == "heartbeat":
+        from optuna.storages import RetryFailedTrialCallback
+        from optuna.trial import TrialState
+
+        study.tell(dead, state=TrialState.FAIL)  # what the heartbeat check does to a stale trial, then:
+        RetryFailedTrialCallback(max_retry=3)(study, study.trials[0])
+
+    summary = run_study(str(path), storage=storage)
+    assert (summary["n_complete"], summary["n_fail"]) == (1, 1)
+    retry = next(t for t in open_study(spec, storage).trials if t.number == 1)
+    assert retry.params == params
+    if retried_by == "runner":
+        assert retry.user_attrs["retry_of"] == 0
+    else:
+        assert retry.system_attrs["retry_history"] == [0]
+    assert retry.user_attrs["resumed_from"] == str(root / "trial-0" / "last.pt")
+    final = load_checkpoint(root / "trial-1" / "last.pt")
+    assert final["global_step"] == 4
+    assert [h["step"] for h in final["history"] if "val/loss" in h] == [2, 4]  # step 2 from trial 0, not redone
+    runs = _trial_runs(mlflow_store, "retried")
+    trial_runs = runs[runs["tags.kind"] != "study"]
+    assert trial_runs.run_id.tolist() == dead_run  # one training, one MLflow run, carried on by the retry
+    run = trial_runs.iloc[0]
+    assert (run["tags.optuna_trial"], run["tags.optuna_retry_of"], run["tags.optuna_state"]) == ("1", "0", "COMPLETE")
+    assert run["status"] == "FINISHED"

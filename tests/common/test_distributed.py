@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,9 @@ import pytest
 import torch.multiprocessing as mp
 
 from phase2.data import builtin_articles
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, phase: str, overrides: list[str], out: str) -> None:
@@ -44,12 +38,12 @@ def _worker(rank: int, world: int, port: int, phase: str, overrides: list[str], 
 def _run(phase: str, overrides: list[str], world: int, out: Path) -> list[list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     if world == 1:
-        _worker(0, 1, _free_port(), phase, overrides, str(out))
+        _worker(0, 1, free_port(), phase, overrides, str(out))
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
             os.environ.pop(key)
     else:
         mp.start_processes(
-            _worker, args=(world, _free_port(), phase, overrides, str(out)), nprocs=world, start_method="spawn"
+            _worker, args=(world, free_port(), phase, overrides, str(out)), nprocs=world, start_method="spawn"
         )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
