@@ -204,14 +204,8 @@ class Loop:
         else:
             self.logger.log_params(self.config)
             self.logger.set_tags(dict(tags or {}))
-            if run_dir is not None and self.is_main:
-                from pathlib import Path
-
-                import yaml
-
-                path = Path(run_dir) / "config.yaml"  # the resolved config, as the run's first artifact
-                path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-                self.logger.log_artifact(path)
+        if run_dir is not None and self.is_main:
+            self._write_config(run_dir, as_artifact=not resumed)
         status = "FAILED"
         try:
             summary = self.run()
@@ -219,6 +213,19 @@ class Loop:
             return summary
         finally:
             self.logger.close(status=status)
+
+    def _write_config(self, run_dir, as_artifact: bool) -> None:
+        """The resolved config as <run folder>/config.yaml: a new run's first artifact; a resumed run writes it
+        into a folder that has none (a new Hydra folder), never over the one its folder already holds."""
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(run_dir) / "config.yaml"
+        if as_artifact or not path.exists():
+            path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if as_artifact:
+            self.logger.log_artifact(path)
 
     def run(self) -> dict[str, float]:
         cfg, state = self.cfg, self.state

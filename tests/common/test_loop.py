@@ -181,3 +181,21 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, capsys):
     # its final validation numbers are still in the summary (a sweep's objective), those of its last evaluation
     finals = {k: v for k, v in done.items() if k.startswith("final/val/")}
     assert finals and {k: summary[k] for k in finals} == finals
+
+
+def test_a_resumed_run_writes_its_config_only_into_a_folder_without_one(tmp_path):
+    import yaml
+
+    (tmp_path / "a").mkdir()
+    first, _ = _make(tmp_path / "a", max_steps=4)
+    first.config = {"lr": 0.01}
+    first.fit(run_dir=tmp_path / "a")
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text()) == {"lr": 0.01}
+    checkpoint = load_checkpoint(tmp_path / "a" / "ckpt" / "last.pt", kind="test")
+    for folder in ("a", "b"):  # the run's own folder (keeps its config), a new folder (gets the resumed one's)
+        (tmp_path / folder).mkdir(exist_ok=True)
+        again, _ = _make(tmp_path / folder, max_steps=6)
+        again.config = {"lr": 0.02}
+        again.fit(checkpoint, run_dir=tmp_path / folder)
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text()) == {"lr": 0.01}
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text()) == {"lr": 0.02}
