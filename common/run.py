@@ -13,6 +13,7 @@ mean the same in every phase. A phase's `train(cfg)` is its build function and o
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -86,7 +87,22 @@ def execute(
 
     `kind` ("phase1") marks the checkpoints, and a resume checkpoint of another kind is refused. `on_log(step,
     metrics)` sees every logged point (sweeps report intermediate values through it). A resume that changes
-    the `objective` is refused unless `resume_allow_changes=true`, which restarts best.pt under the new one."""
+    the `objective` is refused unless `resume_allow_changes=true`, which restarts best.pt under the new one.
+
+    Nothing of the run outlives the call: OmegaConf answers `cfg.get(missing key)` by raising and catching an
+    error inside, and that error, its traceback and the frames it holds form a cycle whose frames reach this
+    run's own (through f_back), so its model, optimizer and batches. Reference counting never frees a cycle
+    and Python's collector runs by object counts, not by GPU memory, so the next run in the process (a sweep's
+    next trial) would start beside the last one's tensors. The cycles are collected when the run ends, and
+    before a run starts (what a failed run's error held until its caller let go of it)."""
+    gc.collect()
+    try:
+        return _execute(cfg, kind, build, on_log, objective)
+    finally:
+        gc.collect()
+
+
+def _execute(cfg, kind, build, on_log, objective) -> dict[str, float]:
     loop_cfg = loop_config(cfg.loop)  # a bad loop option or a missing value is refused before anything is created
     plain = configs.to_plain(cfg)
     dist = runtime.init_distributed()

@@ -136,3 +136,41 @@ def test_objective_changes_name_each_changed_leaf_and_skip_the_ignored_ones():
     changes = run._objective_changes(resumed, other, objective, "a.pt", allowed=True)
     assert changes == {"model.overrides.eta": (None, 0.2), "model.preset": ("small", "base")}
     assert run._objective_changes(None, other, objective, "a.pt", allowed=False) == {}  # a fresh run
+
+
+@pytest.fixture
+def no_automatic_gc():
+    """Only reference counting frees, as between two runs when the collector's thresholds are not reached."""
+    import gc
+
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+def test_nothing_of_a_run_outlives_train(phase, tmp_path, monkeypatch, no_automatic_gc):
+    import importlib
+    import weakref
+
+    from common.config import compose
+
+    built = []
+    original = torch.optim.Optimizer.__init__
+
+    def record(self, *args, **kwargs):  # every optimizer the runs make, and through its params their models
+        original(self, *args, **kwargs)
+        built.append((weakref.ref(self), [weakref.ref(p) for g in self.param_groups for p in g["params"]]))
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", record)
+    tiny = {
+        "phase1": ["model=tiny", "data.patch_size=64", "data.batch_size=2", "data.repeats=1", "eval.max_images=1"],
+        "phase2": ["model=debug", "seq_len=32", "batch_size=2", "eval.max_batches=1"],
+    }[phase]
+    train = importlib.import_module(f"{phase}.train").train
+    for run_number in range(2):
+        cfg = compose(phase, [*tiny, "loop.max_steps=2", "loop.eval_every=2", "loop.progress=false", "logger=none",
+                              "device=cpu", f"paths.output_root={tmp_path}"])  # fmt: skip
+        train(cfg)
+        alive = [ref for ref, params in built if ref() is not None or any(p() is not None for p in params)]
+        assert not alive, f"run {run_number}: {len(alive)} optimizer(s) or their parameters outlived train()"

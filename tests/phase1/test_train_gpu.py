@@ -98,3 +98,20 @@ def test_bf16_mixed_losses_follow_float32_for_50_steps(model, tmp_path):
         f"mean {sum(noise) / 50:.4f}"
     )
     assert worst <= 1.5 * max(noise) and sum(bf16) <= 1.5 * sum(noise)
+
+
+def test_nothing_outlives_a_run_on_the_gpu(tmp_path):
+    """Three short HPCM_Base trainings in one process (a sweep worker's life), each with an evaluation in real
+    bytes (CUDA graphs recorded): after each, the GPU memory in use is back to what it was before the first."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for optim in ("adam", "balanced", "adam"):
+        cfg = compose(
+            "phase1",
+            [*BASE, "model=hpcm_base", f"optim={optim}", "loop.max_steps=3", "loop.eval_every=3",
+             "eval.max_images=1", f"paths.output_root={tmp_path / optim}"],
+        )  # fmt: skip
+        train(cfg)
+        torch.cuda.synchronize()
+        left = torch.cuda.memory_allocated() - before
+        assert left < 50 * 2**20, f"after the {optim} run {left / 2**20:.0f} MiB are still allocated"
