@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -219,15 +220,16 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
 
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> Any:
-            try:
-                result = fn(cfg)
-            except _user_error_types() as err:
-                _exit_with(err)
-            stopped_by = int(result.get("stop_signal", 0)) if isinstance(result, dict) else 0
-            if stopped_by:  # checkpointed and stopped by SIGINT/SIGTERM: say so to the shell and the scheduler
-                print(f"stopped by signal {stopped_by} after a checkpoint: resume=<its last.pt> continues it")
-                sys.exit(128 + stopped_by)
-            return result
+            with copied_to_run_log():
+                try:
+                    result = fn(cfg)
+                except _user_error_types() as err:
+                    _exit_with(err)
+                stopped_by = int(result.get("stop_signal", 0)) if isinstance(result, dict) else 0
+                if stopped_by:  # checkpointed and stopped by SIGINT/SIGTERM: say so to the shell and the scheduler
+                    print(f"stopped by signal {stopped_by} after a checkpoint: resume=<its last.pt> continues it")
+                    sys.exit(128 + stopped_by)
+                return result
 
         folder, config_name = config_location(name)
         hydra_entry = hydra.main(config_path=str(folder), config_name=config_name, version_base="1.3")(guarded)
@@ -250,6 +252,48 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
         return entry
 
     return wrap
+
+
+class _Tee:
+    """A text stream that also writes to the run's log file, less a progress bar's redraws (text with a carriage
+    return), which would fill the file with one line per redraw."""
+
+    def __init__(self, terminal, log):
+        self.terminal, self.log, self._after_redraw = terminal, log, False
+
+    def write(self, text: str) -> int:
+        if "\r" in text:
+            self._after_redraw = True
+        elif not (self._after_redraw and text == "\n"):  # the newline that closes a bar
+            self.log.write(text)
+            self.log.flush()
+            self._after_redraw = False
+        else:
+            self._after_redraw = False
+        return self.terminal.write(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding: the terminal's
+        return getattr(self.terminal, name)
+
+
+@contextlib.contextmanager
+def copied_to_run_log():
+    """What the run prints (notes, warnings, its summary, an `error:` line) also goes to the log file Hydra opened
+    in the run folder (train.log); without one (hydra/job_logging=disabled) nothing changes."""
+    import logging
+
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        yield
+        return
+    log = open(files[0].baseFilename, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        log.close()
 
 
 def _check_run_folder(overrides: Sequence[str]) -> None:

@@ -40,3 +40,23 @@ def test_runs_started_in_the_same_second_have_their_own_folders(tmp_path):
 def test_run_dir_outside_hydra_never_hands_out_a_folder_twice(tmp_path, count):
     cfg = compose("phase1", [f"paths.output_root={tmp_path}", "logger=none"])
     assert len({run_dir(cfg) for _ in range(count)}) == count
+
+
+def test_train_log_holds_what_the_run_printed_and_why_it_failed(tmp_path):
+    base = [sys.executable, "-m", "phase1.train", "model=tiny", "data.patch_size=64", "data.batch_size=2",
+            "data.repeats=1", "loop.max_steps=2", "loop.eval_every=2", "eval.max_images=1", "logger=none"]  # fmt: skip
+    done = subprocess.run([*base, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "ok" / "train.log").read_text()
+    assert "'final/val/loss':" in log and "'final/test/bpp_real':" in log  # the summary the terminal showed
+    assert "it/s" not in log and "\r" not in log  # the progress bar's redraws stay on the terminal
+    # a problem found inside train(), after Hydra made the folder: the folder says why it holds no checkpoint
+    missing = tmp_path / "no_such_photos"
+    failed = subprocess.run(
+        [*base, "data=folder", f"data.root={missing}", f"hydra.run.dir={tmp_path / 'bad'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and str(missing) in error
+    assert (tmp_path / "bad" / "train.log").read_text().strip().splitlines()[-1] == error
