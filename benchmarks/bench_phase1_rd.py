@@ -128,7 +128,7 @@ class Runs:
             while pending and len(running) < self.parallel and not self._late():
                 name, overrides, folder = pending.pop(0)
                 folder.mkdir(parents=True, exist_ok=True)
-                log = open(folder / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+                log = open(folder / "console.log", "a")  # noqa: SIM115 - all it printed; train.log is the run's own
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "phase1.train", *overrides], stdout=log, stderr=subprocess.STDOUT, env=env
                 )
