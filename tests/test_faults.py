@@ -502,3 +502,54 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, sm
     assert len(errors) == 1 and errors[0].startswith("error: disk full: ") and "step_00000002.pt" in errors[0]
     assert load_checkpoint(disk / "last.pt")["global_step"] == 1  # the last good one, whole
     assert sorted(p.name for p in disk.iterdir()) == ["best.pt", "last.pt", "step_00000001.pt"]
+
+
+def _unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` as a user whom file permissions bind: root writes through read-only modes, so as root it runs as
+    nobody (setpriv, util-linux)."""
+    if os.geteuid() != 0:
+        return cmd
+    import shutil
+
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: read-only files cannot be made read-only for this user")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+
+
+@pytest.mark.parametrize("what", ["tracking store", "run folder"])
+def test_a_read_only_store_or_run_folder_is_one_line_and_left_as_it_was(what, _migrated_store_template):
+    import shutil
+    import tempfile
+
+    # outside pytest's own temporary root, whose folders only root may enter
+    base = Path(tempfile.mkdtemp(prefix="research-ro-"))
+    try:
+        base.chmod(0o755)
+        locked, writable = base / "locked", base / "writable"
+        locked.mkdir()
+        writable.mkdir(mode=0o777)
+        writable.chmod(0o777)
+        store = locked / "mlflow.db"
+        shutil.copyfile(_migrated_store_template, store)
+        store.chmod(0o444)
+        locked.chmod(0o555)
+        before = store.read_bytes()
+        run_dir = locked / "run" if what == "run folder" else writable / "run"
+        env = {**ENV, "HOME": str(writable), "MPLCONFIGDIR": str(writable), "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+        logger = "logger=mlflow" if what == "tracking store" else "logger=none"
+        cmd = [sys.executable, "-m", "phase1.train", "model=tiny", "loop.max_steps=1", "data.batch_size=1",
+               "data.patch_size=64", f"hydra.run.dir={run_dir}", logger]  # fmt: skip
+        done = subprocess.run(_unprivileged(cmd), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2, done.stderr[-2000:]
+        expected = (
+            f"tracking store {store} is read-only"
+            if what == "tracking store"
+            else f"hydra.run.dir={run_dir} cannot be written"
+        )
+        assert last.startswith("error: ") and expected in last, last
+        assert store.read_bytes() == before and not (locked / "run").exists()
+    finally:
+        for folder in (base / "locked", base):
+            folder.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
