@@ -84,6 +84,11 @@ def test_kernels_fit():
     assert kernels_fit(q, v, 64) and not kernels_fit(q, v, 256) and not kernels_fit(q, v, 8)
     assert not kernels_fit(q.double(), v.double(), 64)
     assert not kernels_fit(torch.zeros(1, 65536, 1, 64), torch.zeros(1, 65536, 1, 32), 64)  # CUDA's grid limit
+    big_k, big_v = torch.zeros(1, 1, 1, 128), torch.zeros(1, 1, 1, 128)
+    assert kernels_fit(big_k[..., :64], big_v, 64) and kernels_fit(big_k, big_v[..., :16], 16)  # one side 128
+    assert not kernels_fit(big_k, big_v, 64) and not kernels_fit(big_k[..., :64], big_v, 128)  # two sides 128
+    with pytest.raises(ValueError, match="at most one of them 128"):
+        hebbian_memory(big_k, big_k, big_v, torch.zeros(1, 1, 1), chunk_size=64, impl="triton")
 
 
 # ------------------------------------------------------------------------------- the gated memory layer

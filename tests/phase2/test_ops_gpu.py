@@ -183,7 +183,8 @@ def _hebbian_check(B, H, T, K, V, C, with_S0, dtype, tol):
         (2, 3, 500, 32, 16, 16, False),  # many chunks, no initial state
         (2, 2, 130, 64, 64, 64, True),  # the model's chunk and head size
         (1, 2, 40, 16, 128, 16, True),  # V = 128: the state scans in column blocks
-        (1, 1, 200, 128, 128, 128, True),  # the largest tiles the tile rule admits
+        (1, 1, 200, 64, 128, 64, True),  # the largest tiles the tile rule admits (64 x 128)
+        (1, 1, 200, 128, 16, 16, True),  # K = 128
         (64, 8, 64, 64, 64, 64, True),  # 512 rows: the scans' full 64-column blocks
     ],
 )

@@ -11,12 +11,17 @@ from .reference import hebbian_recurrent
 KERNELS = "phase2.ops.hebbian.kernels"  # imported late: CPU-only users need no Triton
 MAX_ROWS = 65535  # batch x heads: the kernels' grids put the rows in a dimension CUDA caps at 65,535
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The gradient kernel holds C x K, C x V and K x V tiles in registers at once; with all three sides 128 one call
+# (1 x 1 x 200 tokens) did not finish within 250 s on one H200, so the largest tile is 64 x 128.
+MAX_TILE = 64 * 128
 
 
 def kernels_fit(q: torch.Tensor, v: torch.Tensor, chunk_size: int) -> bool:
     """Whether the Triton kernels take queries q (B, H, T, K), values v (B, H, T, V) and this chunk size."""
     B, H, _, K = q.shape
-    return q.dtype in KERNEL_DTYPES and dot_tiles_fit(chunk_size, K, v.shape[-1]) and B * H <= MAX_ROWS
+    V = v.shape[-1]
+    small_tiles = max(chunk_size * K, chunk_size * V, K * V) <= MAX_TILE
+    return q.dtype in KERNEL_DTYPES and dot_tiles_fit(chunk_size, K, V) and small_tiles and B * H <= MAX_ROWS
 
 
 def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: str = "auto"):
@@ -28,7 +33,8 @@ def hebbian_chunked(q, k, v, g, initial_state=None, chunk_size: int = 64, impl: 
         S = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
         return q.new_zeros(B, H, 0, v.shape[-1]), S
     takes = (
-        f"chunk_size, K and V powers of two in 16..128, float32/bfloat16/float16 and batch x heads <= {MAX_ROWS}; "
+        f"chunk_size, K and V powers of two in 16..128, at most one of them 128, float32/bfloat16/float16 and "
+        f"batch x heads <= {MAX_ROWS}; "
         f"got chunk_size={chunk_size}, K={K}, V={v.shape[-1]}, {q.dtype}, {B * H} rows"
     )
     which = choose_impl("hebbian_memory", impl, q.device, KERNELS, kernels_fit(q, v, chunk_size), takes)
