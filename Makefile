@@ -105,6 +105,7 @@ format: $(STAMP) ## Ruff auto-format
 	$(VENV)/bin/ruff format .
 
 mlflow-ui: $(STAMP) ## Serve the MLflow store (HOST=127.0.0.1 PORT=5000)
+	@echo "training runs: http://$(HOST):$(PORT)/#/experiments?workflowType=machine_learning"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  --default-artifact-root "$(CURDIR)/mlartifacts" --host $(HOST) --port $(PORT)

@@ -208,7 +208,8 @@ def _check_type(key: str, default: Any, value: Any) -> None:
 
 
 def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
-    """`@main("phase1")` on `train(cfg)`: a `python -m` entry point with Hydra's CLI.
+    """`@main("phase1")` on `train(cfg)`: a `python -m` entry point with Hydra's CLI, which ends by printing
+    the run's closing lines (common/run_summary.py).
 
     Bad input prints `error: <one line>` and exits 2: an unknown override or group option, a value of the
     wrong type (checked before anything runs), and what train() meets while running (a missing path, a wrong
@@ -225,6 +226,10 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                     result = fn(cfg)
                 except _user_error_types() as err:
                     _exit_with(err)
+                if isinstance(result, dict) and "global_step" in result:
+                    from common.run_summary import closing_lines
+
+                    print("\n".join(closing_lines(result)))
                 stopped_by = int(result.get("stop_signal", 0)) if isinstance(result, dict) else 0
                 if stopped_by:  # checkpointed and stopped by SIGINT/SIGTERM: say so to the shell and the scheduler
                     print(f"stopped by signal {stopped_by} after a checkpoint: resume=<its last.pt> continues it")

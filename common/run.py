@@ -82,8 +82,9 @@ def execute(
     build: BuildParts,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     objective: Objective = Objective(),
-) -> dict[str, float]:
-    """Train per `cfg` with the parts `build` makes; returns the loop's summary (the final metrics).
+) -> dict[str, Any]:
+    """Train per `cfg` with the parts `build` makes; returns the loop's summary (the final metrics) and where the
+    run is (run_dir, checkpoint_dir, and mlflow_run_id, mlflow_experiment_id, tracking_uri when tracked).
 
     `kind` ("phase1") marks the checkpoints, and a resume checkpoint of another kind is refused. `on_log(step,
     metrics)` sees every logged point (sweeps report intermediate values through it). A resume that changes
@@ -102,7 +103,7 @@ def execute(
         gc.collect()
 
 
-def _execute(cfg, kind, build, on_log, objective) -> dict[str, float]:
+def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
     loop_cfg = loop_config(cfg.loop)  # a bad loop option or a missing value is refused before anything is created
     plain = configs.to_plain(cfg)
     dist = runtime.init_distributed()
@@ -149,7 +150,16 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, float]:
         runtime.shutdown_distributed()
     if dist.is_main and parts.after_fit is not None:
         parts.after_fit(loop, folder)
-    return summary
+    return {**summary, **_where(folder, checkpoints, logger)}
+
+
+def _where(folder: Path, checkpoints: CheckpointManager, logger) -> dict[str, str]:
+    """Where the run left its files and its tracking run, for the CLI's closing lines and a sweep's trial."""
+    where = {"run_dir": str(folder), "checkpoint_dir": str(checkpoints.folder)}
+    if logger.run_id:
+        where.update(mlflow_run_id=logger.run_id, mlflow_experiment_id=logger.experiment_id,
+                     tracking_uri=logger.tracking_uri)  # fmt: skip
+    return where
 
 
 def _objective_changes(

@@ -119,6 +119,7 @@ class NullLogger:
     """Logs nothing; for `logger=none`, tests, and ranks other than 0."""
 
     run_id: str | None = None
+    tracking_uri: str | None = None
 
     def log_params(self, params):
         pass
@@ -181,17 +182,32 @@ def ensure_store(tracking_uri: str | None = None) -> str:
     return uri
 
 
+def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A page of the MLflow UI at `base` (http://host:port). MLflow 3 shows experiments in its GenAI workflow
+    unless the browser chose "Model training" once; the workflowType parameter opens the training view."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
+
+
+# The kind MLflow's UI records when a user marks an experiment as model training. MLflow 3.18's UI decides the
+# page by its GenAI / Model training switch rather than by this tag, so the links we print set the switch too.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # made before the kind was set, or by others
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     # A local SQLite store keeps artifacts beside it (not in the working directory of whoever ran first).
     root = artifact_root_for(tracking_uri)
     location = f"{root}/{name}" if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # another process created it between the two calls
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -248,6 +264,7 @@ class MLflowLogger:
             for key, value in (tags or {}).items():  # who resumed it, e.g. the sweep trial that retries it
                 self.client.set_tag(run_id, key, str(value))
         self.run_id = run_id
+        self.experiment_id = experiment_id if not self.resumed else self.client.get_run(run_id).info.experiment_id
         self._writer = threading.Thread(target=self._write_in_background, name="mlflow-writer", daemon=True)
         self._writer.start()
 

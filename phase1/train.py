@@ -210,9 +210,7 @@ def train(cfg: DictConfig, on_log: Callable[[int, dict[str, float]], None] | Non
 
 @configs.main("phase1")
 def cli(cfg: DictConfig) -> dict:
-    summary = train(cfg)
-    print(summary)
-    return summary  # configs.main turns a stop by a signal into the exit status
+    return train(cfg)  # configs.main prints its closing lines and turns a stop by a signal into the exit status
 
 
 if __name__ == "__main__":

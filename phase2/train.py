@@ -217,9 +217,7 @@ def _model_name(cfg_model: DictConfig) -> str:
 
 @configs.main("phase2")
 def cli(cfg: DictConfig) -> dict:
-    summary = train(cfg)
-    print(summary)
-    return summary  # configs.main turns a stop by a signal into the exit status
+    return train(cfg)  # configs.main prints its closing lines and turns a stop by a signal into the exit status
 
 
 if __name__ == "__main__":

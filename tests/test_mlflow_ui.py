@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common import REPO_ROOT
-from common.tracking import MLflowLogger
+from common.tracking import MLflowLogger, ui_link
 from tests.servers import CHROMIUM, chromium, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -42,6 +42,12 @@ def test_mlflow_ui_shows_experiment_run_and_metrics(mlflow_store, tmp_path):
         wait_http(f"{base}/health", 120)
         experiments_page = chromium("--dump-dom", f"{base}/#/experiments")
         assert "phase1" in experiments_page
+        # the experiment is a model-training one, and the link a run prints opens it on its runs: MLflow 3.18's
+        # UI follows its GenAI / Model training switch over the experiment's kind, so the link sets the switch
+        kind = logger.client.get_experiment(experiment_id).tags.get("mlflow.experimentKind")
+        assert kind == "custom_model_development"
+        experiment_page = chromium("--dump-dom", ui_link(base, experiment_id))
+        assert "ui-check-run" in experiment_page, "the experiment's link does not open on its runs"
         run_url = f"{base}/#/experiments/{experiment_id}/runs/{logger.run_id}"
         run_page = chromium("--dump-dom", run_url)
         for text in ("phase1", "ui-check-run", "test/psnr_ui_check", "train/loss", "Finished"):

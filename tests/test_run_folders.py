@@ -48,7 +48,10 @@ def test_train_log_holds_what_the_run_printed_and_why_it_failed(tmp_path):
     done = subprocess.run([*base, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "ok" / "train.log").read_text()
-    assert "'final/val/loss':" in log and "'final/test/bpp_real':" in log  # the summary the terminal showed
+    # the closing lines the terminal showed: the final numbers by split and where the run is
+    assert "finished at step 2 (0 skipped)" in log and f"folder      {tmp_path / 'ok'}" in log
+    val = next(line for line in log.splitlines() if line.startswith("  val "))
+    assert "loss " in val and "psnr " in val and "bpp_real " in val
     assert "it/s" not in log and "\r" not in log  # the progress bar's redraws stay on the terminal
     # a problem found inside train(), after Hydra made the folder: the folder says why it holds no checkpoint
     missing = tmp_path / "no_such_photos"

@@ -174,3 +174,24 @@ def test_nothing_of_a_run_outlives_train(phase, tmp_path, monkeypatch, no_automa
         train(cfg)
         alive = [ref for ref, params in built if ref() is not None or any(p() is not None for p in params)]
         assert not alive, f"run {run_number}: {len(alive)} optimizer(s) or their parameters outlived train()"
+
+
+def test_closing_lines_give_the_numbers_by_split_and_where_the_run_is():
+    from common.run_summary import closing_lines
+
+    summary = {"final/val/loss": 1.23456, "final/val/psnr": 29.87, "final/test/loss": 1.3, "final/test/images": 3.0,
+               "global_step": 2000.0, "skipped_steps": 1.0, "best_val_loss": 1.23456, "interrupted": 0.0,
+               "run_dir": "outputs/phase1/x", "checkpoint_dir": "outputs/phase1/x/checkpoints",
+               "mlflow_run_id": "abc", "mlflow_experiment_id": "7", "tracking_uri": "http://tracker:5000"}  # fmt: skip
+    lines = closing_lines(summary)
+    assert lines[0] == "finished at step 2000 (1 skipped)"
+    assert lines[1] == "  val    loss 1.235   psnr 29.87" and lines[2] == "  test   loss 1.3   images 3"
+    assert lines[3] == "  folder      outputs/phase1/x"
+    assert lines[4] == "  checkpoints outputs/phase1/x/checkpoints (best.pt: 1.235 on validation)"
+    # a server's run opens in the training view of its own UI
+    assert (
+        lines[5]
+        == "  mlflow      run abc in http://tracker:5000: http://tracker:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    untracked = closing_lines({**summary, "mlflow_run_id": None, "interrupted": 1.0})
+    assert untracked[0].startswith("stopped at step 2000") and not any("mlflow" in line for line in untracked)
