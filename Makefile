@@ -28,7 +28,7 @@ DASHBOARD_PORT := $(if $(filter file,$(origin PORT)),8080,$(PORT))
 
 .PHONY: help install test test-deps test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
         sweep-balanced optuna-dashboard report data-kodak browser postgres slurm mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
-        bench-phase1-rd bench-phase1-mps bench-phase2-lm
+        bench-phase1-rd bench-phase1-mps bench-phase2-lm demo-weights
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -148,6 +148,17 @@ bench-phase1-mps: $(STAMP) ## Steps of 10 parallel HPCM_Base runs in 120 s, time
 
 bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte, tokens/s, memory (GPU)
 	$(PY) benchmarks/bench_phase2_lm.py --out benchmarks/results/phase2_lm.json
+
+# `make demo-weights`: the demo's starting points, trained by the project (experiment=demo_weights of each phase)
+# and released into weights/ with a manifest. Interrupted, it resumes; run again after a finished one, it only
+# releases again.
+DEMO_RUNS ?= outputs/demo_weights
+demo-weights: $(STAMP) ## Train the demo's starting weights and release them into weights/ (GPU: minutes; 2 CPU cores: ~75 min)
+	$(PY) -m phase1.train experiment=demo_weights hydra.run.dir=$(DEMO_RUNS)/phase1 logger.run_name=demo-weights-phase1 \
+	  $(if $(wildcard $(DEMO_RUNS)/phase1/checkpoints/last.pt),resume=$(DEMO_RUNS)/phase1)
+	$(PY) -m phase2.train experiment=demo_weights hydra.run.dir=$(DEMO_RUNS)/phase2 logger.run_name=demo-weights-phase2 \
+	  $(if $(wildcard $(DEMO_RUNS)/phase2/checkpoints/last.pt),resume=$(DEMO_RUNS)/phase2)
+	$(PY) -m common.release weights $(DEMO_RUNS)/phase1 $(DEMO_RUNS)/phase2
 
 # `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
 # Sizes live in experiments/phase{1,2}/experiment/demo.yaml, which the Balanced study's demo size also uses.
