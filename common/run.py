@@ -124,7 +124,7 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
         batches = _batches(cfg, parts, dist)
         # created only now: a mistake found while building leaves no tracking run behind
         run_id = (resumed or {}).get("mlflow_run_id") or None
-        logger = create_logger(cfg.logger, run_id=run_id, is_main=dist.is_main)
+        logger = create_logger(cfg.logger, run_id=run_id, is_main=dist.is_main, device_type=device.type)
         if changes:  # MLflow keeps a param's first value: the new values go on the run as tags
             step = resumed.get("global_step", 0)
             logger.set_tags(
@@ -144,7 +144,7 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
             is_main=dist.is_main,
             on_log=on_log,
         )
-        tags = {"phase": kind, **parts.tags, "run_dir": folder}
+        tags = {"phase": kind, **parts.tags, "run_dir": folder, "device": runtime.device_name(device)}
         summary = loop.fit(resumed, tags=tags, run_dir=folder, resumed_from=str(resume_from))
     finally:
         runtime.shutdown_distributed()

@@ -33,6 +33,14 @@ def pick_device(preference: str = "auto") -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """What a run ran on, for its record: "cuda:0 (NVIDIA H200)" or "cpu (2 threads)"."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 _AUTOCAST_DTYPES = {"32": None, "fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 

@@ -233,6 +233,7 @@ class MLflowLogger:
         tags: Mapping[str, Any] | None = None,
         flush_every: int = 1000,
         flush_seconds: float = 30.0,
+        system_metrics: bool = False,
     ):
         import threading
 
@@ -267,6 +268,16 @@ class MLflowLogger:
         self.experiment_id = experiment_id if not self.resumed else self.client.get_run(run_id).info.experiment_id
         self._writer = threading.Thread(target=self._write_in_background, name="mlflow-writer", daemon=True)
         self._writer.start()
+        self._system = self._watch_system() if system_metrics else None
+
+    def _watch_system(self):
+        """MLflow's own sampler of CPU, memory, disk, network and (with nvidia-ml-py) GPU use, as system/* metrics
+        of this run every 10 s, continuing its steps on a resumed run."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.tracking_uri, resume_logging=self.resumed)
+        monitor.start()
+        return monitor
 
     # -------------------------------------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -345,6 +356,8 @@ class MLflowLogger:
                 self.flush()
 
     def close(self, status: str = "FINISHED") -> None:
+        if self._system is not None:
+            self._system.finish()
         self._closed = True
         self._wake.set()
         self._writer.join()
@@ -367,10 +380,29 @@ def run_context_tags() -> dict[str, str]:
     return tags
 
 
-def create_logger(cfg: Mapping[str, Any] | None, run_id: str | None = None, is_main: bool = True) -> Logger:
+def gpu_sampler_installed() -> bool:
+    """MLflow samples GPU utilisation and memory through nvidia-ml-py (`import pynvml`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pynvml") is not None
+
+
+def wants_system_metrics(setting: Any, device_type: str) -> bool:
+    """`logger.system_metrics`: true, false, or auto (on for a CUDA run when MLflow can sample the GPU)."""
+    if setting == "auto":
+        return device_type == "cuda" and gpu_sampler_installed()
+    if not isinstance(setting, bool):
+        raise ValueError(f"logger.system_metrics={setting!r} is not one of: auto, true, false")
+    return setting
+
+
+def create_logger(
+    cfg: Mapping[str, Any] | None, run_id: str | None = None, is_main: bool = True, device_type: str = "cpu"
+) -> Logger:
     """Logger from the `logger` config group: `backend: mlflow` or `backend: none`.
 
-    Ranks other than 0 always get a NullLogger, so a distributed run is one MLflow run."""
+    Ranks other than 0 always get a NullLogger, so a distributed run is one MLflow run. `device_type` is the
+    run's device ("cuda", "cpu"), for `logger.system_metrics: auto`."""
     if cfg is None or not is_main or cfg.get("backend", "none") == "none":
         return NullLogger()
     if cfg["backend"] != "mlflow":
@@ -384,6 +416,7 @@ def create_logger(cfg: Mapping[str, Any] | None, run_id: str | None = None, is_m
         tags=cfg.get("tags"),
         flush_every=cfg.get("flush_every", 1000),
         flush_seconds=cfg.get("flush_seconds", 30.0),
+        system_metrics=wants_system_metrics(cfg.get("system_metrics", "auto"), device_type),
     )
 
 

@@ -153,3 +153,28 @@ def test_a_tracking_server_down_at_start_fails_fast_with_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(errors) == 1 and "http://127.0.0.1:9" in errors[0] and "logger=none" in errors[0]
     assert time.monotonic() - start < 60  # the import of torch included; the check itself gives up after 5 s
+
+
+def test_system_metrics_are_sampled_into_the_run_when_asked(mlflow_store, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow samples every 10 s by default
+    logger = create_logger({"backend": "mlflow", "experiment": "unit", "system_metrics": True})
+    import time
+
+    time.sleep(3)
+    logger.close()
+    history = MlflowClient(mlflow_store).get_metric_history(logger.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 1 and all(0 <= m.value <= 100 for m in history)
+
+
+def test_system_metrics_auto_is_on_for_cuda_runs_that_can_sample_the_gpu(monkeypatch):
+    from common import tracking
+
+    monkeypatch.setattr(tracking, "gpu_sampler_installed", lambda: True)
+    assert tracking.wants_system_metrics("auto", "cuda") and not tracking.wants_system_metrics("auto", "cpu")
+    assert tracking.wants_system_metrics(True, "cpu") and not tracking.wants_system_metrics(False, "cuda")
+    monkeypatch.setattr(tracking, "gpu_sampler_installed", lambda: False)
+    assert not tracking.wants_system_metrics("auto", "cuda")  # without nvidia-ml-py MLflow sees no GPU
+    with pytest.raises(ValueError, match="logger.system_metrics='sometimes' is not one of: auto, true, false"):
+        tracking.wants_system_metrics("sometimes", "cuda")
