@@ -102,11 +102,13 @@ def quality_run(job: dict) -> dict:
         "seed": job["seed"],
         "val_bits_per_byte": summary["final/val/bits_per_byte"],
         "val_loss": summary["final/val/loss"],
+        "test_bits_per_byte": summary["final/test/bits_per_byte"],  # the whole test split, final weights
         "train_seconds": time.perf_counter() - start,
         "tokens": cfg.loop.max_steps * cfg.batch_size * cfg.seq_len,
     }
     print(
-        f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f} bits/byte "
+        f"{job['name']:>12} seed {job['seed']}: val {out['val_bits_per_byte']:.4f}, "
+        f"test {out['test_bits_per_byte']:.4f} bits/byte "
         f"({out['train_seconds']:.0f} s)",
         flush=True,
     )

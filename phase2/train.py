@@ -62,8 +62,8 @@ class LanguageModelHooks(StepHooks):
         optimizer,
         device,
         precision: str,
-        val_windows: TokenWindows,
-        bytes_per_token: float,
+        windows: dict[str, TokenWindows],
+        bytes_per_token: dict[str, float],
         eval_batches: int | None,
         batch_size: int,
         diagnostics_every: int,
@@ -71,7 +71,7 @@ class LanguageModelHooks(StepHooks):
     ):
         super().__init__(model, optimizer)
         self.device, self.precision = device, precision
-        self.val_windows, self.bytes_per_token = val_windows, bytes_per_token
+        self.windows, self.bytes_per_token = windows, bytes_per_token
         self.eval_batches, self.batch_size = eval_batches, batch_size
         self.diagnostics_every, self.tokenizer_json = diagnostics_every, tokenizer_json
         self.calls = 0
@@ -99,12 +99,20 @@ class LanguageModelHooks(StepHooks):
         return int(batch[0].numel())  # tokens
 
     def evaluate(self) -> dict[str, float]:
-        nll, count = evaluate_nll(self.model, self.val_windows, self.batch_size, self.device, self.eval_batches)
+        """val/* on (the first eval.max_batches batches of) the validation split: model selection."""
+        return self._score("val", self.eval_batches)
+
+    def test(self) -> dict[str, float]:
+        """test/* on the whole test split, once, with the final weights."""
+        return self._score("test", None)
+
+    def _score(self, split: str, max_batches: int | None) -> dict[str, float]:
+        nll, count = evaluate_nll(self.model, self.windows[split], self.batch_size, self.device, max_batches)
         loss = nll / count
         return {
-            "val/loss": loss,
-            "val/perplexity": math.exp(min(loss, 50.0)),
-            "val/bits_per_byte": loss / math.log(2) / self.bytes_per_token,
+            f"{split}/loss": loss,
+            f"{split}/perplexity": math.exp(min(loss, 50.0)),
+            f"{split}/bits_per_byte": loss / math.log(2) / self.bytes_per_token[split],
         }
 
     def extra_state(self) -> dict[str, Any]:
@@ -131,7 +139,8 @@ def evaluate_nll(model, windows: TokenWindows, batch_size: int, device, max_batc
 
 
 def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
-    """Splits, tokenizer (trained on the train split when it is BPE, or restored) and token streams."""
+    """Splits, tokenizer (trained on the train split when it is BPE, or restored), token streams and each split's
+    UTF-8 bytes per token (what bits per byte divide by)."""
     splits = load_splits(
         cfg.data.source, cfg.data.path, cfg.data.hf_name, cfg.data.hf_config, cfg.data.get("encoding_errors", "strict")
     )
@@ -140,8 +149,8 @@ def prepare_text(cfg: DictConfig, tokenizer_json: str | None = None):
         if tokenizer_json
         else build_tokenizer(cfg.tokenizer.kind, splits.train, cfg.tokenizer.vocab_size)
     )
-    streams = {s: encode_documents(tokenizer, getattr(splits, s)) for s in ("train", "val")}
-    bytes_per_token = splits.num_bytes["val"] / max(streams["val"].numel(), 1)
+    streams = {s: encode_documents(tokenizer, getattr(splits, s)) for s in ("train", "val", "test")}
+    bytes_per_token = {s: splits.num_bytes[s] / max(streams[s].numel(), 1) for s in ("val", "test")}
     return tokenizer, streams, bytes_per_token
 
 
@@ -182,7 +191,10 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         LanguageModelHooks,
         device=device,
         precision=cfg.precision,
-        val_windows=TokenWindows(streams["val"], cfg.seq_len, random_offset=False, name="the validation split"),
+        windows={
+            split: TokenWindows(streams[split], cfg.seq_len, random_offset=False, name=f"the {name} split")
+            for split, name in (("val", "validation"), ("test", "test"))
+        },
         bytes_per_token=bytes_per_token,
         eval_batches=cfg.eval.max_batches,
         batch_size=cfg.batch_size,

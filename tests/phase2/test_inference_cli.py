@@ -56,6 +56,14 @@ def test_evaluate_agrees_with_the_training_loss_on_the_same_text(trained):
     assert result["bits_per_byte"] == pytest.approx(summary["final/val/bits_per_byte"], rel=1e-6)
 
 
+def test_a_runs_test_numbers_are_the_final_weights_on_the_whole_test_split(trained):
+    root, summary, ckpt = trained  # last.pt holds the final weights
+    lm = load_language_model(ckpt)
+    result = evaluate.evaluate_text(lm, evaluate.text_documents(str(root / "text.txt"), "test"))
+    assert result["bits_per_byte"] == pytest.approx(summary["final/test/bits_per_byte"], rel=1e-6)
+    assert summary["final/test/bits_per_byte"] != pytest.approx(summary["final/val/bits_per_byte"], rel=1e-3)
+
+
 def test_greedy_stream_is_deterministic_and_equals_a_full_recompute(trained):
     lm = load_language_model(trained[2])
     prompt = torch.tensor([lm.tokenizer.encode("The history of the")])

@@ -53,6 +53,7 @@ def test_debug_run_learns_and_logs_every_metric(tmp_path, mlflow_store):
         "val/loss",
         "val/perplexity",
         "val/bits_per_byte",
+        "test/bits_per_byte",
         "train/lr",
         "train/items_per_s",
         "train/diag/gamma_mean",
