@@ -38,7 +38,8 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'s' if threads > 1 else ''})"
 
 
 _AUTOCAST_DTYPES = {"32": None, "fp32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

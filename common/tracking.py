@@ -445,6 +445,18 @@ class Store:
         mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow.search_runs(experiment_names=experiments, filter_string=filter_string)
 
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """One run as plain data: its experiment, status, tags (mlflow.* left out) and latest metric values."""
+        run = self.client.get_run(run_id)
+        experiment = self.client.get_experiment(run.info.experiment_id)
+        return {
+            "run_id": run_id,
+            "experiment": experiment.name,
+            "status": run.info.status,
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            "metrics": dict(run.data.metrics),
+        }
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) of every point of one metric, in step order."""
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))

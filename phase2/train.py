@@ -32,6 +32,7 @@ from phase2.factory import build_model
 from phase2.tokenizer import build_tokenizer, encode_documents, tokenizer_from_json
 
 KIND = "phase2"
+TEST_BATCH_TOKENS = 16_384
 OBJECTIVE = run.Objective(
     keys=("model", "tokenizer", "loop.monitor"),
     ignore=tuple(f"model.overrides.{k}" for k in ("ops_impl", "triton_block_size", "chunk_size")),  # same outputs
@@ -100,14 +101,16 @@ class LanguageModelHooks(StepHooks):
 
     def evaluate(self) -> dict[str, float]:
         """val/* on (the first eval.max_batches batches of) the validation split: model selection."""
-        return self._score("val", self.eval_batches)
+        return self._score("val", self.batch_size, self.eval_batches)
 
     def test(self) -> dict[str, float]:
-        """test/* on the whole test split, once, with the final weights."""
-        return self._score("test", None)
+        """test/* on the whole test split, once, with the final weights; in batches of about TEST_BATCH_TOKENS
+        tokens (the split is scored whole, and training's small batches would make that slow)."""
+        windows = self.windows["test"]
+        return self._score("test", max(self.batch_size, TEST_BATCH_TOKENS // windows.seq_len), None)
 
-    def _score(self, split: str, max_batches: int | None) -> dict[str, float]:
-        nll, count = evaluate_nll(self.model, self.windows[split], self.batch_size, self.device, max_batches)
+    def _score(self, split: str, batch_size: int, max_batches: int | None) -> dict[str, float]:
+        nll, count = evaluate_nll(self.model, self.windows[split], batch_size, self.device, max_batches)
         loss = nll / count
         return {
             f"{split}/loss": loss,

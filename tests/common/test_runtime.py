@@ -48,3 +48,12 @@ def test_single_process_distributed_is_a_noop(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     info = runtime.init_distributed()
     assert info.world_size == 1 and info.is_main and not info.enabled
+
+
+def test_device_name_says_what_a_run_ran_on(monkeypatch):
+    from common.runtime import device_name
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert device_name(torch.device("cpu")) == "cpu (2 threads)"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert device_name(torch.device("cpu")) == "cpu (1 thread)"

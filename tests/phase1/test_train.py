@@ -9,6 +9,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.config import compose
+from common.runtime import device_name
 from phase1.data import image_paths
 from phase1.train import train
 
@@ -63,7 +64,7 @@ def test_tiny_run_logs_every_metric(optim, tmp_path, mlflow_store):
     assert not missing, f"not logged: {missing}"
     assert run["params.optim.name"] == optim and run["status"] == "FINISHED"
     assert run["tags.git_commit"] and run["tags.command"]  # where the run came from
-    assert run["tags.device"] == f"cpu ({torch.get_num_threads()} threads)"  # and what it ran on
+    assert run["tags.device"] == device_name(torch.device("cpu"))  # and what it ran on
     from mlflow.tracking import MlflowClient
 
     assert "config.yaml" in [a.path for a in MlflowClient(mlflow_store).list_artifacts(run["run_id"])]

@@ -1,0 +1,164 @@
+"""Released weights: the final weights of a finished training run, stripped to what a user starts from, in a
+folder with a manifest that says how each file was made and lets anyone check it.
+
+    python -m common.release weights outputs/demo_weights/phase1 outputs/demo_weights/phase2  # make demo-weights
+    python -m common.release weights --check        # every file manifest.json lists (make demo runs this first)
+
+A released file is a checkpoint of this project (init_from=, the evaluate, codec and generate CLIs take it)
+without the optimizer, scheduler, data and RNG state: the run's last.pt, the weights its test numbers are of.
+manifest.json lists for each file its sha256 and size; the run (folder, MLflow run, experiment and store) with
+that run's commit, command and device; the model, objective, data and step count; and the run's final validation
+and test numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.checkpoint import last_in_run_folder, load_checkpoint, save_checkpoint, write_atomically
+from common.config import run_guarded
+from common.tracking import Store, default_tracking_uri
+
+MANIFEST = "manifest.json"
+REBUILD = "make demo-weights"
+# What a user of the weights needs; the rest of a training checkpoint is for resuming that run.
+KEPT = ("kind", "model_state_dict", "config", "global_step", "best_val_loss", "mlflow_run_id", "tokenizer_json")
+
+
+class ReleaseError(ValueError):
+    """A run that cannot be released, or released weights that fail their check: one line, exit status 2."""
+
+
+def released_name(config: dict[str, Any]) -> str:
+    """phase1_tiny_adam.pt, phase2_debug_bytes.pt: the phase, the model, and what else tells two apart."""
+    kind, model = config.get("task_name"), config.get("model") or {}
+    if kind == "phase1":
+        return f"phase1_{model['name']}_{config['optim']['name']}.pt"
+    if kind == "phase2":
+        name = model.get("preset") if model.get("kind") == "phase2" else model.get("kind")
+        return f"phase2_{name}_{config['tokenizer']['kind']}.pt"
+    raise ReleaseError(f"a run of task {kind!r} cannot be released: only phase1 and phase2 runs")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def release_run(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
+    """Write the final weights of the finished run in `run_dir` into `out`; returns (file name, manifest entry)."""
+    payload = load_checkpoint(last_in_run_folder(run_dir))
+    config = payload.get("config") or {}
+    steps, planned = payload.get("global_step", 0), (config.get("loop") or {}).get("max_steps")
+    if steps != planned:
+        raise ReleaseError(f"run {run_dir} is not finished (step {steps} of {planned}): finish it first")
+    if not payload.get("mlflow_run_id"):
+        raise ReleaseError(f"run {run_dir} was not tracked (logger=none): its commit and device are not on record")
+    uri = (config.get("logger") or {}).get("tracking_uri") or default_tracking_uri()
+    record = Store(uri).run_record(payload["mlflow_run_id"])
+    name = released_name(config)
+    path = save_checkpoint(out / name, {k: payload[k] for k in KEPT if k in payload})
+    tags = record["tags"]
+    return name, {
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "kind": payload.get("kind"),
+        "model": tags.get("model"),
+        "parameters": sum(t.numel() for t in payload["model_state_dict"].values() if t.is_floating_point()),
+        "objective": _objective(config),
+        "data": config.get("data"),
+        "steps": steps,
+        "metrics": {k: v for k, v in sorted(record["metrics"].items()) if k.split("/")[0] in ("val", "test")},
+        "run": {
+            "folder": str(run_dir),
+            "mlflow_run_id": record["run_id"],
+            "mlflow_experiment": record["experiment"],
+            "tracking_uri": uri,
+            "status": record["status"],
+        },
+        "commit": tags.get("git_commit"),
+        "uncommitted_changes": tags.get("git_dirty") == "true",
+        "command": tags.get("command"),
+        "device": tags.get("device"),
+    }
+
+
+def _objective(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("task_name") == "phase1":
+        return {"lmbda": config.get("lmbda"), "loss_metric": config.get("loss_metric"), "optim": config["optim"]}
+    return {"tokenizer": config.get("tokenizer"), "seq_len": config.get("seq_len"), "optim": config.get("optim")}
+
+
+def release(out: Path, run_dirs: list[Path]) -> Path:
+    """Release each run into `out` and record it in out/manifest.json (entries of other files are kept)."""
+    manifest_path = out / MANIFEST
+    manifest = read_manifest(out) if manifest_path.is_file() else {"files": {}}
+    manifest["made_by"] = REBUILD
+    for run_dir in run_dirs:
+        name, entry = release_run(run_dir, out)
+        manifest["files"][name] = entry
+        print(f"{out / name}: {entry['bytes'] / 2**20:.2f} MiB, sha256 {entry['sha256'][:12]}..., from {run_dir}")
+    write_atomically(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    return manifest_path
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ReleaseError(f"{path} is missing: rebuild the weights with `{REBUILD}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReleaseError(f"{path} is not a manifest ({err}): restore it with `git checkout {path}`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ReleaseError(f"{path} lists no files: restore it with `git checkout {path}`")
+    return manifest
+
+
+def check(folder: Path, names: list[str] | None = None) -> dict[str, Any]:
+    """Every file the manifest lists (or those of `names`) is there with its sha256; returns the manifest."""
+    manifest = read_manifest(folder)
+    for name in names or sorted(manifest["files"]):
+        entry, path = manifest["files"].get(name), folder / name
+        if entry is None:
+            raise ReleaseError(f"{folder / MANIFEST} lists no {name}: rebuild the weights with `{REBUILD}`")
+        if not path.is_file():
+            raise ReleaseError(f"{path} is missing: restore it with `git checkout {path}` or rebuild with `{REBUILD}`")
+        if sha256(path) != entry["sha256"]:
+            raise ReleaseError(
+                f"{path} does not match its sha256 in {folder / MANIFEST} (corrupt or replaced): restore it with "
+                f"`git checkout {path}` or rebuild with `{REBUILD}`"
+            )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.release", description=__doc__.splitlines()[0])
+    p.add_argument("folder", help="where the released files and manifest.json live (weights)")
+    p.add_argument("runs", nargs="*", help="run folders of finished runs to release into it")
+    p.add_argument("--check", nargs="*", metavar="NAME", help="check the listed files (all without names)")
+    a = p.parse_args(argv)
+
+    def body() -> None:
+        folder = Path(a.folder)
+        if a.check is not None:
+            manifest = check(folder, a.check)
+            print(f"{folder}: {len(a.check or manifest['files'])} released file(s) match {MANIFEST}")
+        elif a.runs:
+            print(f"wrote {release(folder, [Path(r) for r in a.runs])}")
+        else:
+            raise ReleaseError("give run folders to release, or --check")
+
+    return run_guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
