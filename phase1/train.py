@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,7 +30,9 @@ KIND = "phase1"
 OBJECTIVE = run.Objective(keys=("lmbda", "loss_metric", "model", "loop.monitor"))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig, trained_steps: int = 0) -> torch.optim.Optimizer:
+    """Adam or Balanced. Balanced's warm-up counts the codec's training steps: a codec that starts from trained
+    weights (`trained_steps`, from init_from) has done that many of them already."""
     params = [p for p in model.parameters() if p.requires_grad]
     common = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
@@ -42,7 +45,7 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
             w_lr=cfg.w_lr,
             min_losses=list(cfg.min_losses),
             task_weight_update=cfg.task_weight_update,
-            warmup_steps=int(cfg.get("warmup_steps", 0)),
+            warmup_steps=max(0, int(cfg.get("warmup_steps", 0)) - trained_steps),
             max_norm=0.0,  # the shared loop clips (loop.clip_grad_norm), once, for every optimizer
             **common,
         )
@@ -173,10 +176,17 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
     """The codec, its optimizer, the image data and the R-D step; common.run.execute does the rest."""
     configs.require_positive(cfg, "data.batch_size", "data.patch_size")
     model = build_model(cfg.model).to(device)
+    trained_steps = 0
     if cfg.init_from:
         from phase1.weights import load_weights_into
 
-        load_weights_into(model, cfg.init_from)
+        steps = load_weights_into(model, cfg.init_from)["steps"]
+        trained_steps = steps if steps is not None else 2**62  # the official weights are trained to the end
+        warmup = int(cfg.optim.get("warmup_steps", 0))
+        if cfg.optim.name == "balanced" and warmup and resumed is None:
+            left = max(0, warmup - trained_steps)
+            print(f"note: init_from is trained ({steps or 'official'} steps): {left} of Balanced's "
+                  f"optim.warmup_steps={warmup} are left", file=sys.stderr)  # fmt: skip
     train_set, val_paths, test_paths = _data(cfg)
     hooks = partial(
         CodecHooks,
@@ -192,7 +202,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         tags["rd_set"] = cfg.rd_set
     return RunParts(
         model=model,
-        optimizer=build_optimizer(model, cfg.optim),
+        optimizer=build_optimizer(model, cfg.optim, trained_steps),
         hooks=hooks,
         train_set=train_set,
         batch_size=cfg.data.batch_size,  # the global batch is world_size x data.batch_size

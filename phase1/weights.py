@@ -19,16 +19,18 @@ from phase1.hpcm import CONFIGS, HPCM, build_hpcm, canonical_name, load_hpcm_sta
 def read_checkpoint(path: str | Path, model_name: str | None = None):
     """-> (state_dict, model name, meta). Accepts this project's checkpoints ({"model_state_dict", "config"})
     and the official code's (a plain state_dict, possibly with DataParallel's "module." prefix). `meta` holds
-    what the project's config says about the run (model, lmbda, optim)."""
+    what the project's config says about the run (model, lmbda, optim) and its training steps (None for the
+    official code's, which are trained to the end)."""
     path = Path(path)
     obj = read_torch_file(path)
-    meta = {"source": "official"}
+    meta = {"source": "official", "steps": None}
     if isinstance(obj, dict) and obj.get("kind") not in (None, "phase1"):  # e.g. a Phase 2 language model
         raise CheckpointError(f"checkpoint {path} is a {obj['kind']} checkpoint, but a phase1 checkpoint is needed")
     if isinstance(obj, dict) and "model_state_dict" in obj:
         check_checksum(obj, path)
         cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": (cfg.get("optim") or {}).get("name")}
+        optim = (cfg.get("optim") or {}).get("name")
+        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": optim, "steps": obj.get("global_step", 0)}
         if model_name is None and isinstance(cfg.get("model"), dict):
             model_name = cfg["model"].get("name")
         obj = obj["model_state_dict"]
@@ -58,11 +60,12 @@ def _is_table(key: str) -> bool:
                    "quantized_cdf_y", "cdf_length_y", "offset_y")  # fmt: skip
 
 
-def load_weights_into(model: HPCM, checkpoint) -> list[str]:
+def load_weights_into(model: HPCM, checkpoint) -> dict:
     """Load a project or official checkpoint into `model` (e.g. to fine-tune the published HPCM); the
-    checkpoint's model must be the same. Returns notes about what was adapted."""
-    state_dict, name, _ = read_checkpoint(checkpoint, model.config.name)
-    return _load(model, state_dict, name, checkpoint)
+    checkpoint's model must be the same. Returns its meta (read_checkpoint)."""
+    state_dict, name, meta = read_checkpoint(checkpoint, model.config.name)
+    _load(model, state_dict, name, checkpoint)
+    return meta
 
 
 def _load(model: HPCM, state_dict: dict, name: str, checkpoint) -> list[str]:

@@ -247,6 +247,30 @@ def test_init_from_starts_training_from_the_checkpoint_weights(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
+@pytest.mark.parametrize("trained, left", [(300, 200), (800, 0), (None, 0)])
+def test_balanced_warm_up_counts_the_steps_init_from_was_trained(trained, left, tmp_path, capsys):
+    """The warm-up gets a codec out of its random start; a codec from init_from did part or all of it already
+    (an official checkpoint carries no step count and is trained to the end)."""
+    from common.checkpoint import save_checkpoint
+    from phase1.hpcm import build_hpcm
+    from phase1.train import build_parts
+
+    state = build_hpcm("tiny").state_dict()
+    if trained is None:  # the official code's form: a bare state_dict
+        torch.save(state, tmp_path / "source.pt")
+    else:
+        save_checkpoint(tmp_path / "source.pt", {"kind": "phase1", "model_state_dict": state, "config": {},
+                                                 "global_step": trained})  # fmt: skip
+    common = [*FAST, "logger=none", "device=cpu", f"init_from={tmp_path / 'source.pt'}"]
+    parts = build_parts(
+        compose("phase1", [*common, "optim=balanced", "optim.warmup_steps=500"]), torch.device("cpu"), None
+    )
+    assert parts.optimizer.warmup_steps == left
+    assert f"{left} of Balanced's optim.warmup_steps=500 are left" in capsys.readouterr().err
+    scratch = build_parts(compose("phase1", [*FAST, "logger=none", "optim=balanced"]), torch.device("cpu"), None)
+    assert scratch.optimizer.warmup_steps == 500  # from scratch: the whole warm-up
+
+
 def test_resume_under_another_lambda_needs_consent_and_restarts_best(tmp_path, mlflow_store):
     import mlflow
 
