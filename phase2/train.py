@@ -179,6 +179,31 @@ def write_history(loop: Loop, folder: Path) -> None:
     (folder / "training_history.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
+def write_sample(cfg: DictConfig, loop: Loop, folder: Path) -> None:
+    """The final weights continue `sample.prompt`: printed, kept as sample.txt and logged to the run (the run's
+    after_fit, when it trained to its last step)."""
+    if not cfg.sample.tokens or loop.state.global_step < loop.cfg.max_steps:
+        return
+    from phase2.generate import Sampling, generate
+    from phase2.inference import LanguageModel
+
+    model = unwrap(loop.model).eval()
+    device = next(model.parameters()).device
+    lm = LanguageModel(model, tokenizer_from_json(loop.hooks.tokenizer_json), cfg.seq_len, {}, loop.state.global_step,
+                       device)  # fmt: skip
+    sampling = Sampling(cfg.sample.tokens, cfg.sample.temperature, cfg.sample.top_k, seed=cfg.seed)
+    text = cfg.sample.prompt + "".join(piece for _, piece in generate(lm, [cfg.sample.prompt], sampling))
+    path = folder / "sample.txt"
+    path.write_text(text + "\n")
+    loop.logger.log_artifact(path)
+    print(f"sample from the final weights ({cfg.sample.tokens} tokens after {cfg.sample.prompt!r}):\n{text}")
+
+
+def after_fit(cfg: DictConfig, loop: Loop, folder: Path) -> None:
+    write_history(loop, folder)
+    write_sample(cfg, loop, folder)
+
+
 def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
     """Text, tokenizer, the model, its optimizer and the next-token step; common.run.execute does the rest.
 
@@ -217,7 +242,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         batch_size=cfg.batch_size,
         tags=tags,
         d_model=model.config.d_model,
-        after_fit=write_history,
+        after_fit=partial(after_fit, cfg),
     )
 
 

@@ -65,6 +65,12 @@ def test_debug_run_learns_and_logs_every_metric(tmp_path, mlflow_store):
     assert run["tags.tokenizer"] == "bytes"
     record = json.loads((Path(run["tags.run_dir"]) / "training_history.json").read_text())
     assert record["val_losses"] == val and len(record["gamma_history"]) > 0
+    # the final weights continue the prompt: kept in the run folder and in the MLflow run
+    from mlflow.tracking import MlflowClient
+
+    sample = (Path(run["tags.run_dir"]) / "sample.txt").read_text()
+    assert sample.startswith("The ") and len(sample) > len("The \n")
+    assert "sample.txt" in [a.path for a in MlflowClient(mlflow_store).list_artifacts(run["run_id"])]
 
 
 def test_resume_continues_the_same_curve(tmp_path):
