@@ -457,6 +457,15 @@ class Store:
             "metrics": dict(run.data.metrics),
         }
 
+    def artifact_text(self, run_id: str, name: str) -> str | None:
+        """A text artifact at the top of a run's artifacts (sample.txt, test_images.json), or None without one."""
+        import tempfile
+
+        if name not in {a.path for a in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            return Path(self.client.download_artifacts(run_id, name, folder)).read_text()
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) of every point of one metric, in step order."""
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from common import config as configs
 from common import run, runtime
-from common.loop import StepHooks, unwrap
+from common.loop import Loop, StepHooks, unwrap
 from common.optim import Balanced, capture_rng_state
 from common.run import RunParts
 from phase1.data import ImageCrops, RepeatedDataset, image_paths
@@ -72,6 +73,7 @@ class CodecHooks(StepHooks):
         self.balanced = isinstance(optimizer, Balanced)
         self._rng_before_forward: dict | None = None
         self._stepped_losses: torch.Tensor | None = None  # (distortion, rate) the last step was taken on
+        self.test_images: dict[str, list] | None = None  # per-image test numbers, for a BD-rate interval
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with runtime.autocast(self.device, self.precision):
@@ -139,7 +141,14 @@ class CodecHooks(StepHooks):
         model = unwrap(self.model)  # every rank evaluates the same weights on the same images
         if self.real_bitstreams:
             model.update(force=True)
-        mean = evaluate_images(model, paths, self.device, real=self.real_bitstreams, criterion=self.criterion)["mean"]
+        result = evaluate_images(model, paths, self.device, real=self.real_bitstreams, criterion=self.criterion)
+        mean = result["mean"]
+        if split == "test" and self.real_bitstreams:
+            names = sorted(result["per_image"])
+            self.test_images = {"images": names} | {
+                f"{key}_per_image": [result["per_image"][n][metric] for n in names]
+                for key, metric in (("bpp", "bpp"), ("psnr", "psnr-rgb"), ("mse", "mse"))
+            }
         metrics = {
             f"{split}/loss": mean["loss"],
             f"{split}/distortion": mean["distortion"],
@@ -151,6 +160,17 @@ class CodecHooks(StepHooks):
         if "ms-ssim-rgb" in mean:
             metrics[f"{split}/ms_ssim"] = mean["ms-ssim-rgb"]
         return metrics
+
+
+def write_test_images(loop: Loop, folder: Path) -> None:
+    """test_images.json in the run folder and the MLflow run: each test image's real bpp and PSNR, from which
+    reports draw a paired bootstrap interval of the BD-rate (phase1.rd.bd_rate_bootstrap)."""
+    per_image = loop.hooks.test_images
+    if per_image is None:  # stopped before its test evaluation, or without real bitstreams
+        return
+    path = folder / "test_images.json"
+    path.write_text(json.dumps(per_image, indent=1) + "\n")
+    loop.logger.log_artifact(path)
 
 
 def build_model(cfg_model: DictConfig) -> torch.nn.Module:
@@ -208,6 +228,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         batch_size=cfg.data.batch_size,  # the global batch is world_size x data.batch_size
         tags=tags,
         num_workers=cfg.data.num_workers,
+        after_fit=write_test_images,
     )
 
 

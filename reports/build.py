@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import html
+import json
 import math
 import re
 import sys
@@ -76,6 +77,13 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` in HTML; everything else escaped."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
 def _html(title: str, blocks: list[str]) -> str:
     """A small self-contained HTML rendering of the Markdown blocks (tables, images, headings, text)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -95,11 +103,18 @@ def _html(title: str, blocks: list[str]) -> str:
                 f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}">'
                 f"<figcaption>{html.escape(alt)}</figcaption></figure>"
             )
+        elif block.startswith("- "):
+            items = "".join(f"<li>{_inline(item)}</li>" for item in block[2:].split("\n- "))
+            parts.append(f"<ul>{items}</ul>")
+        elif block.startswith("> "):
+            quoted = "\n".join(line.removeprefix("> ").removeprefix(">") for line in block.splitlines())
+            parts.append(f"<blockquote>{html.escape(quoted)}</blockquote>")
         else:
-            parts.append(f"<p>{html.escape(block)}</p>")
+            parts.append(f"<p>{_inline(block)}</p>")
     style = (
         "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
+        "blockquote{white-space:pre-wrap;font-family:serif;border-left:3px solid #ccc;margin-left:0;padding-left:1em}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -179,7 +194,8 @@ class RDSet:
 
     name: str
     runs: pd.DataFrame  # every training run tagged with this rd_set
-    points: pd.DataFrame  # its finished runs with test numbers: the curve points
+    points: pd.DataFrame  # per optimizer and lambda its latest finished run with test numbers: the curve points
+    superseded: pd.DataFrame  # finished runs of an optimizer and lambda that a later run of the set replaced
     curves: dict[str, list[dict]]  # per optimizer, the points sorted by bpp
     differences: list[str]  # keys that differ across the points; any means the set is no comparison
 
@@ -223,7 +239,8 @@ def differences(points: pd.DataFrame) -> list[str]:
 
 
 def _curves(points: pd.DataFrame) -> dict[str, list[dict]]:
-    """Per optimizer, one point per run (its final test evaluation), sorted by bpp, each naming its run id."""
+    """Per optimizer, one point per run (its final test evaluation), sorted by bpp, each naming its run id and
+    carrying its per-image test numbers where the run logged them (test_images.json)."""
     lmbda = pd.to_numeric(_col(points, "params.lmbda"), errors="coerce")
     curves: dict[str, list[dict]] = {}
     for optim, group in points.groupby(_first(points, "tags.optim", "params.optim.name")):
@@ -233,11 +250,25 @@ def _curves(points: pd.DataFrame) -> dict[str, list[dict]]:
                 "psnr": float(row["metrics.test/psnr"]),
                 "lmbda": float(lmbda[index]),
                 "run_id": row["run_id"],
+                **_per_image_numbers(row["run_id"]),
             }
             for index, row in group.iterrows()
         ]
         curves[str(optim)] = sorted(curve, key=lambda p: p["bpp"])
     return curves
+
+
+def _per_image_numbers(run_id: str) -> dict:
+    text = Store().artifact_text(run_id, "test_images.json")
+    return json.loads(text) if text else {}
+
+
+def _latest_per_point(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(latest run of each optimizer and lambda, the earlier ones): a set trained again replaces its points."""
+    key = [_first(done, "tags.optim", "params.optim.name"), pd.to_numeric(_col(done, "params.lmbda"), errors="coerce")]
+    newest_first = done.assign(_optim=key[0].values, _lmbda=key[1].values).sort_values("start_time", ascending=False)
+    latest = newest_first.drop_duplicates(["_optim", "_lmbda"])
+    return done.loc[latest.index], done.drop(latest.index)
 
 
 def rd_sets(runs: pd.DataFrame) -> dict[str, RDSet]:
@@ -252,8 +283,8 @@ def rd_sets(runs: pd.DataFrame) -> dict[str, RDSet]:
             & _col(group, "metrics.test/bpp_real").notna()
             & _col(group, "metrics.test/psnr").notna()
         )
-        points = group[done]
-        sets[str(name)] = RDSet(str(name), group, points, _curves(points), differences(points))
+        points, superseded = _latest_per_point(group[done])
+        sets[str(name)] = RDSet(str(name), group, points, superseded, _curves(points), differences(points))
     return sets
 
 
@@ -330,9 +361,15 @@ def rd_section(report: Report, runs: pd.DataFrame) -> None:
     for name in sorted(sets):
         rd_set = sets[name]
         report.heading(f"Phase 1: R-D set {name}")
-        left_out = rd_set.runs[~rd_set.runs["run_id"].isin(rd_set.points["run_id"])]
+        counted = pd.concat([rd_set.points["run_id"], rd_set.superseded["run_id"]])
+        left_out = rd_set.runs[~rd_set.runs["run_id"].isin(counted)]
         if not left_out.empty:
             report.text(f"Not finished or without test numbers, so not in the curves: {_ids(left_out)}.")
+        if not rd_set.superseded.empty:
+            report.text(
+                f"Replaced by a later run of the same optimizer and lambda, so not in the curves: "
+                f"{_ids(rd_set.superseded)}."
+            )
         if rd_set.points.empty:
             report.text("No finished run with test numbers in this set yet.")
         elif rd_set.differences:
@@ -367,31 +404,62 @@ def rd_set_plot(report: Report, rd_set: RDSet, file: str) -> None:
             ]
         )
     )
-    if "adam" not in rd_set.curves or "balanced" not in rd_set.curves:
-        report.text(f"No BD-rate: the set needs both adam and balanced runs (it has {sorted(rd_set.curves)}).")
+    c = comparison(rd_set)
+    if "error" in c:
+        report.text(
+            f"BD-rate of Balanced vs Adam not computed: {c['error']}" + (f" (runs: {c['runs']})." if c["runs"] else ".")
+        )
         return
+    report.table(
+        pd.DataFrame(
+            [
+                {
+                    "rd_set": rd_set.name,
+                    "anchor": "adam",
+                    "test": "balanced",
+                    "BD-rate (%)": c["bd_rate"],
+                    "95 % interval (%)": c["interval"] or c["note"],
+                    "BD-PSNR (dB)": c["bd_psnr"],
+                    "PSNR overlap (dB)": f"{c['low']:.2f}-{c['high']:.2f} ({c['fraction']:.0%} of Adam's range)",
+                    "runs": c["runs"],
+                }
+            ]
+        )
+    )
+
+
+def comparison(rd_set: RDSet) -> dict:
+    """Balanced vs Adam on one set: BD-rate and BD-PSNR over the quality range both reach (mean over the test
+    images of per-image PSNR, CompressAI's definition), and a paired bootstrap interval where every point has
+    per-image numbers on enough images; else why there is none. {"error": why, "runs": ...} when no BD-rate."""
+    from phase1 import rd
+
+    if "adam" not in rd_set.curves or "balanced" not in rd_set.curves:
+        return {"error": f"the set needs both adam and balanced runs (it has {sorted(rd_set.curves)})", "runs": ""}
     anchor, test = rd_set.curves["adam"], rd_set.curves["balanced"]
     ids = ", ".join(p["run_id"][:8] for p in anchor + test)
     try:
-        low, high, frac = rd.quality_overlap(anchor, test)
-        value = rd.bd_rate(anchor, test)
-        report.table(
-            pd.DataFrame(
-                [
-                    {
-                        "rd_set": rd_set.name,
-                        "anchor": "adam",
-                        "test": "balanced",
-                        "BD-rate (%)": value,
-                        "BD-PSNR (dB)": rd.bd_psnr(anchor, test),
-                        "PSNR overlap (dB)": f"{low:.2f}-{high:.2f} ({frac:.0%} of Adam's range)",
-                        "runs": ids,
-                    }
-                ]
-            )
-        )
+        low, high, fraction = rd.quality_overlap(anchor, test)
+        result = {"bd_rate": rd.bd_rate(anchor, test), "bd_psnr": rd.bd_psnr(anchor, test), "low": low,
+                  "high": high, "fraction": fraction, "runs": ids, "interval": None}  # fmt: skip
     except ValueError as err:
-        report.text(f"BD-rate of Balanced vs Adam not computed: {err} (runs: {ids}).")
+        return {"error": str(err), "runs": ids}
+    images = pd.to_numeric(_col(rd_set.points, "metrics.test/images"), errors="coerce").max()
+    if all("bpp_per_image" in p for p in anchor + test):
+        boot = rd.bd_rate_bootstrap(anchor, test)
+        result["note"] = boot["note"]
+        if boot["ci_low"] is not None:
+            result["interval"] = (
+                f"{boot['ci_low']:.1f} to {boot['ci_high']:.1f} ({boot['n_images']} images paired, "
+                f"{boot['samples']} resamples, {boot['non_monotone']} of them non-monotone)"
+            )
+    elif images == images and images < rd.MIN_IMAGES_FOR_INTERVAL:
+        result["note"] = (
+            f"too few images for an interval ({images:.0f} images; needs at least {rd.MIN_IMAGES_FOR_INTERVAL})"
+        )
+    else:
+        result["note"] = "no interval: the runs logged no per-image test numbers (test_images.json)"
+    return result
 
 
 def task_weight_section(report: Report, trained: pd.DataFrame) -> None:
@@ -544,6 +612,7 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
                 "val loss": _col(lm, "metrics.val/loss"),
                 "val perplexity": _col(lm, "metrics.val/perplexity"),
                 "val bits/byte": _col(lm, "metrics.val/bits_per_byte"),
+                "test bits/byte": _col(lm, "metrics.test/bits_per_byte"),
                 "tokens/s": _col(lm, "metrics.train/items_per_s"),
                 "status": lm["status"],
             }
@@ -564,6 +633,114 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
         table["run_id"] = table["run_id"].str[:8]
         report.text("Last logged diagnostics per run:")
         report.table(table)
+
+
+def summary_section(report: Report, runs: pd.DataFrame) -> None:
+    """What was compared and what came out, one bullet per R-D set, study and the latest Phase 2 run, each
+    number naming its run; the sections below hold the details."""
+    lines = [*_rd_summaries(runs), *_study_summaries(runs)]
+    phase2, sample = _phase2_summary(runs)
+    lines += phase2
+    if not lines:
+        return
+    report.heading("Summary")
+    report.text("- " + "\n- ".join(lines))
+    if sample:
+        report.text("\n".join(f"> {line}" for line in sample.rstrip("\n").splitlines()))
+
+
+def _rd_summaries(runs: pd.DataFrame) -> list[str]:
+    out = []
+    for name, rd_set in sorted(rd_sets(runs).items()):
+        if rd_set.points.empty or rd_set.differences:
+            continue
+        sizes = ", ".join(f"{optim} at {len(curve)} lambdas" for optim, curve in sorted(rd_set.curves.items()))
+        origin = _origin(rd_set.points)
+        line = f"**Phase 1, R-D set `{name}`**: {sizes}; {_describe(rd_set.points)}{origin}."
+        c = comparison(rd_set)
+        if "error" in c:
+            line += f" No BD-rate: {c['error']}."
+        else:
+            line += (
+                f" BD-rate of Balanced vs Adam **{c['bd_rate']:+.1f} %** (BD-PSNR {c['bd_psnr']:+.2f} dB) over "
+                f"{c['low']:.2f}-{c['high']:.2f} dB; {c['interval'] or c['note']}. Runs: {c['runs']}."
+            )
+        out.append(line)
+    return out
+
+
+def _study_summaries(runs: pd.DataFrame) -> list[str]:
+    out = []
+    studies = runs[_col(runs, "tags.kind") == "study"]
+    for _, parent in studies.iterrows():
+        name = parent.get("tags.optuna_study")
+        trials = runs[(_col(runs, "tags.optuna_study") == name) & (_col(runs, "tags.kind") != "study")]
+        objective = parent.get("params.study.objective") or "the objective"
+        best = trials[_col(trials, "tags.optuna_trial").astype(str) == str(parent.get("tags.best_trial"))]
+        line = f"**Optuna study `{name}`**: {len(trials)} trials"
+        if best.empty or not _fmt(parent.get("metrics.study/best_value")):
+            out.append(line + "; no best trial yet.")
+            continue
+        row = best.iloc[0]
+        params = ", ".join(f"{c.removeprefix('params.')}={row.get(c)}" for c in searched_params(parent, trials))
+        out.append(
+            f"{line}; best {objective} {_fmt(parent.get('metrics.study/best_value'))} with {params} "
+            f"(trial {parent.get('tags.best_trial')}, run {row['run_id'][:8]})."
+        )
+    return out
+
+
+def _phase2_summary(runs: pd.DataFrame) -> tuple[list[str], str | None]:
+    """The latest finished Phase 2 run: its test and validation bits/byte, where it started, and its sample."""
+    lm = runs[(_col(runs, "tags.phase") == "phase2") & (runs["status"] == "FINISHED")] if not runs.empty else runs
+    lm = lm[_col(lm, "metrics.test/bits_per_byte").notna()]
+    if lm.empty:
+        return [], None
+    row = lm.sort_values("start_time").iloc[-1]
+    steps = _fmt(pd.to_numeric(row.get("params.loop.max_steps"), errors="coerce"))
+    line = (
+        f"**Phase 2** (latest run {row['run_id'][:8]}, model {row.get('tags.model')}, {steps} steps"
+        f"{_origin(lm.loc[[row.name]])}): test **{row['metrics.test/bits_per_byte']:.3f} bits/byte** (validation "
+        f"{_fmt(row.get('metrics.val/bits_per_byte'))})."
+    )
+    sample = Store().artifact_text(row["run_id"], "sample.txt")
+    if sample:
+        line += f" Sample of its final weights (run {row['run_id'][:8]}):"
+    return [line], sample
+
+
+def _origin(points: pd.DataFrame) -> str:
+    """ ", fine-tuned from <file> (released: ...)" when every run started from one file (init_from); the release's
+    numbers come from the manifest beside it (common/release.py)."""
+    from common.release import MANIFEST
+
+    starts = _col(points, "params.init_from").dropna().unique()
+    if len(starts) != 1 or len(points) != _col(points, "params.init_from").notna().sum() or starts[0] == "None":
+        return ""
+    path = Path(starts[0])
+    text = f", fine-tuned from `{_relative(path)}`"
+    manifest = path.parent / MANIFEST
+    if manifest.is_file():
+        entry = json.loads(manifest.read_text()).get("files", {}).get(path.name)
+        if entry:
+            metrics = entry.get("metrics", {})
+            shown = ", ".join(
+                f"{key} {metrics[key]:.4g}"
+                for key in ("test/bpp_real", "test/psnr", "test/bits_per_byte")
+                if key in metrics
+            )
+            text += (
+                f" (released after {entry.get('steps')} steps on {entry.get('device')}: {shown}; "
+                f"run {str(entry.get('run', {}).get('mlflow_run_id'))[:8]})"
+            )
+    return text
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def build(
@@ -588,6 +765,7 @@ def build(
             "(e.g. `make demo` or `./run_balanced.sh`)."
         )
         return report.write()
+    summary_section(report, runs)
     phase1_section(report, runs)
     study_section(report, runs, storage)
     phase2_section(report, runs)

@@ -24,8 +24,10 @@ def _log_rd_run(
     steps: int = 100,
     tags: dict | None = None,
     params: dict | None = None,
+    per_image: dict | None = None,
 ) -> str:
-    """A finished Phase 1 run as train() logs it: tags, the flattened config, val/* and the final test/*."""
+    """A finished Phase 1 run as train() logs it: tags, the flattened config, val/* and the final test/* (with
+    `per_image`, the means of its lists and the test_images.json artifact)."""
     run_tags = {
         "phase": "phase1",
         "model": "tiny",
@@ -47,8 +49,13 @@ def _log_rd_run(
         }
     )
     logger.log_metrics({"val/loss": 1.0 + lmbda, "val/psnr": psnr - 0.5, "val/bpp_real": bpp * 1.01}, step=steps)
+    images = 3.0
+    if per_image is not None:
+        bpp, psnr = (sum(per_image[k]) / len(per_image[k]) for k in ("bpp_per_image", "psnr_per_image"))
+        images = float(len(per_image["bpp_per_image"]))
+        logger.log_dict(per_image, "test_images.json")
     logger.log_metrics(
-        {"test/bpp_real": bpp, "test/psnr": psnr, "test/bpp_loss": bpp * 0.98, "test/images": 3.0}, step=steps
+        {"test/bpp_real": bpp, "test/psnr": psnr, "test/bpp_loss": bpp * 0.98, "test/images": images}, step=steps
     )
     if optim == "balanced":
         for step in (10, 50, 100):
@@ -222,3 +229,72 @@ def test_study_section_reports_the_best_trial(mlflow_store, tmp_path):
     assert re.search(r"best trial 1 with objective 1\.5\b", text)
     assert parent.run_id in text
     assert "| trial | run id | state | optim.gamma |" in text  # no search space logged: the params that vary
+
+
+def _log_lm_run(bits: float, sample: str, init_from: str | None = None) -> str:
+    logger = MLflowLogger("phase2", run_name="lm", tags={"phase": "phase2", "model": "debug"})
+    logger.log_params({"loop": {"max_steps": 50}, "init_from": init_from})
+    logger.log_metrics({"val/bits_per_byte": bits + 0.02, "test/bits_per_byte": bits}, step=50)
+    logger.client.log_text(logger.run_id, sample, "sample.txt")
+    logger.close()
+    return logger.run_id
+
+
+def test_the_report_opens_with_a_summary_of_what_was_compared_and_what_came_out(mlflow_store, tmp_path):
+    import json
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    released = {"steps": 4000, "device": "cpu (2 threads)", "run": {"mlflow_run_id": "f" * 32},
+                "metrics": {"test/bits_per_byte": 2.5}}  # fmt: skip
+    (weights / "manifest.json").write_text(json.dumps({"files": {"lm.pt": released}}))
+    ids = [_log_rd_run("adam", lm, b, p, rd_set="demo") for lm, b, p in ADAM]
+    ids += [_log_rd_run("balanced", lm, 0.9 * b, p, rd_set="demo") for lm, b, p in ADAM]
+    old = _log_lm_run(3.0, "The old sample")
+    lm = _log_lm_run(2.4, "The history of\nthe world", init_from=str(weights / "lm.pt"))
+    text = build(out_root=tmp_path / "out").read_text()
+    summary = _sections(text)["Summary"]
+    line = next(x for x in summary.splitlines() if "R-D set `demo`" in x)
+    assert "adam at 4 lambdas, balanced at 4 lambdas" in line and "model tiny, 100 steps" in line
+    assert "BD-rate of Balanced vs Adam **-10.0 %**" in line
+    assert "too few images for an interval (3 images; needs at least 8)" in line
+    assert all(run_id[:8] in line for run_id in ids)
+    phase2 = next(x for x in summary.splitlines() if "**Phase 2**" in x)
+    assert f"latest run {lm[:8]}" in phase2 and old[:8] not in phase2 and "test **2.400 bits/byte**" in phase2
+    assert "released after 4000 steps on cpu (2 threads): test/bits_per_byte 2.5; run ffffffff" in phase2
+    assert "> The history of\n> the world" in summary
+    html = (tmp_path / "out" / "all" / "index.html").read_text()
+    assert "<h2>Summary</h2><ul><li><strong>Phase 1, R-D set <code>demo</code></strong>" in html
+    assert "<blockquote>The history of\nthe world</blockquote>" in html
+
+
+def test_a_set_trained_again_draws_its_latest_runs(mlflow_store, tmp_path):
+    first = [_log_rd_run("adam", lm, 2 * b, p, rd_set="s") for lm, b, p in ADAM]
+    latest = [_log_rd_run("adam", lm, b, p, rd_set="s") for lm, b, p in ADAM]
+    latest += [_log_rd_run("balanced", lm, 0.9 * b, p, rd_set="s") for lm, b, p in ADAM]
+    rd_set = rd_sets(load_runs())["s"]
+    assert sorted(p["run_id"] for c in rd_set.curves.values() for p in c) == sorted(latest)
+    assert sorted(rd_set.superseded["run_id"]) == sorted(first)
+    section = _sections(build(out_root=tmp_path).read_text())["Phase 1: R-D set s"]
+    assert "Replaced by a later run of the same optimizer and lambda" in section
+    assert all(r[:8] in section for r in first)
+    assert float(_table_row(section, "| s | adam | balanced |")[3]) == pytest.approx(-10.0, abs=1e-3)
+
+
+def test_per_image_test_numbers_give_the_bd_rate_a_paired_interval(mlflow_store, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.5, 2.0, 10)  # ten photos, some need four times the bits of others
+    for lm, b, p in ADAM:
+        noise = rng.normal(0, 0.01, 10)
+        psnr = list(p + rng.normal(0, 0.5, 10))
+        _log_rd_run("adam", lm, b, p, rd_set="big", per_image={"images": [f"{i}.png" for i in range(10)],
+                    "bpp_per_image": list(b * scale), "psnr_per_image": psnr})  # fmt: skip
+        _log_rd_run("balanced", lm, b, p, rd_set="big", per_image={"images": [f"{i}.png" for i in range(10)],
+                    "bpp_per_image": list(0.9 * b * scale * (1 + noise)), "psnr_per_image": psnr})  # fmt: skip
+    section = _sections(build(out_root=tmp_path).read_text())["Phase 1: R-D set big"]
+    row = _table_row(section, "| big | adam | balanced |")
+    assert float(row[3]) == pytest.approx(-10.0, abs=1.0)
+    low, high = (float(x) for x in re.match(r"(-?[\d.]+) to (-?[\d.]+) \(10 images paired", row[4]).groups())
+    assert low < -10.0 < high < 0  # contains the true saving, excludes no saving
