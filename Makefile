@@ -160,21 +160,24 @@ demo-weights: $(STAMP) ## Train the demo's starting weights and release them int
 	  $(if $(wildcard $(DEMO_RUNS)/phase2/checkpoints/last.pt),resume=$(DEMO_RUNS)/phase2)
 	$(PY) -m common.release weights $(DEMO_RUNS)/phase1 $(DEMO_RUNS)/phase2
 
-# `make demo`: the whole pipeline at demo size on the built-in data (about 15 minutes on 2 CPU cores).
-# Sizes live in experiments/phase{1,2}/experiment/demo.yaml, which the Balanced study's demo size also uses.
-DEMO_LAMBDAS ?= 0.0018 0.0067 0.025 0.0932
-demo: $(STAMP) ## The main job: Phase 1 Adam vs Balanced, Phase 2, a short sweep, the report
-	@echo "== Phase 1: tiny HPCM, Adam and Balanced at lambdas $(DEMO_LAMBDAS)"
-	@for l in $(DEMO_LAMBDAS); do for o in adam balanced; do \
-	  $(PY) -m phase1.train experiment=demo optim=$$o lmbda=$$l logger.run_name=demo-$$o-$$l || exit 1; \
-	  done; done
-	@echo "== Phase 2: debug preset on the built-in corpus"
-	$(PY) -m phase2.train experiment=demo logger.run_name=demo-phase2
+# `make demo`: the whole pipeline at demo size on the built-in data, from the released weights (weights/); sizes and
+# lambdas live in experiments/phase{1,2}/experiment/demo.yaml, which the Balanced study's demo size starts from too.
+DEMO_PROMPT ?= The history of
+demo: $(STAMP) ## The main job: released weights fine-tuned (Phase 1 Adam vs Balanced, Phase 2), a short sweep, the report
+	$(PY) -m common.release weights --check
+	@echo "== Phase 1: the released tiny codec fine-tuned with Adam and with Balanced at four lambdas"
+	$(PY) -m phase1.train -m experiment=demo
+	@echo "== Phase 2: the released language model on the test split, a paragraph, its diagnostics, a short fine-tune"
+	$(PY) -m phase2.evaluate weights/phase2_debug_bytes.pt builtin --split test
+	$(PY) -m phase2.generate weights/phase2_debug_bytes.pt --prompt "$(DEMO_PROMPT)" --max-new-tokens 300 \
+	  --temperature 0.8 --top-k 40
+	$(PY) -m phase2.diagnostics weights/phase2_debug_bytes.pt --out outputs/demo/diagnostics
+	$(PY) -m phase2.train experiment=demo
 	@echo "== Balanced sweep (demo size)"
 	$(PY) -m sweeps.run balanced --size demo
 	@echo "== Report"
 	$(PY) -m reports.build
-	@echo "Open the report: reports/out/all/index.html    Browse every run: make mlflow-ui (http://$(HOST):$(PORT))"
+	@echo "Open the report: reports/out/all/index.html    Browse every run: make mlflow-ui"
 
 clean: ## Remove caches (keeps .venv, the MLflow store and checkpoints)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -245,6 +245,10 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                 if not any(a.startswith("hydra.run.dir=") for a in sys.argv):
                     sys.argv.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='hydra-rank')}")
             args = get_args_parser().parse_intermixed_args(sys.argv[1:])  # Hydra's own flags and overrides
+            modes = [f for f, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                     ("--info", args.info)) if on]  # fmt: skip
+            if len(modes) > 1:  # Hydra itself answers with a traceback
+                _exit_with(UserError(f"{' and '.join(modes)} do not go together: give one of them"))
             _check_run_folder(args.overrides)
             # a multirun's overrides are sweeps (lmbda=0.1,0.2) and another primary config has other keys
             if not (args.multirun or args.config_name or args.config_path or args.config_dir):

@@ -458,7 +458,8 @@ def summarize(study, spec: StudySpec, parent: str | None) -> dict[str, Any]:
         s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
         for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     }
-    summary: dict[str, Any] = {"study": spec.name, **{f"n_{k}": v for k, v in counts.items()}}
+    summary: dict[str, Any] = {"study": spec.name, "objective": spec.objective, "parent_run_id": parent,
+                               **{f"n_{k}": v for k, v in counts.items()}}  # fmt: skip
     if counts["complete"]:
         best = study.best_trial
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
@@ -487,9 +488,10 @@ def run_study(
     workers_per_gpu: int = 1,
     slurm_array: int | None = None,
     slurm_params: list[str] | None = None,
+    trials: int | None = None,
 ) -> dict[str, Any]:
-    """Run the study's missing trials; `gpus` None means the visible GPUs (see place_workers). With
-    `slurm_array` N the workers are N SLURM array tasks instead (sweeps/slurm.py)."""
+    """Run the study's missing trials (at most `trials` of them now); `gpus` None means the visible GPUs (see
+    place_workers). With `slurm_array` N the workers are N SLURM array tasks instead (sweeps/slurm.py)."""
     spec = load_study(study_file, sampler=sampler)
     if size not in spec.sizes:
         raise ValueError(f"size={size!r} is not one of this study's sizes: {sorted(spec.sizes)}")
@@ -505,7 +507,7 @@ def run_study(
         ensure_store()  # migrate the MLflow store once, before several processes use it
     check_sqlite_storage(storage_url)
     with _sole_runner(storage_url):
-        return _run(spec, study_file, size, placement, storage_url, logger, sampler)
+        return _run(spec, study_file, size, placement, storage_url, logger, sampler, trials)
 
 
 def _sole_runner(storage_url: str):
@@ -525,7 +527,8 @@ def _sole_runner(storage_url: str):
     )
 
 
-def _run(spec: StudySpec, study_file: str, size: str, placement: list, storage_url: str, logger: str, sampler):
+def _run(spec: StudySpec, study_file: str, size: str, placement: list, storage_url: str, logger: str, sampler,
+         trials: int | None = None):  # fmt: skip
     workers = len(placement)
     study = open_study(spec, storage_url)
     first_new = len(study.get_trials(deepcopy=False))  # trials numbered from here on are this run's
@@ -538,9 +541,11 @@ def _run(spec: StudySpec, study_file: str, size: str, placement: list, storage_u
     parent = parent_run_id(study, spec, size) if logger == "mlflow" else None
     trial_root(study)
     missing = spec.n_trials - len(study.get_trials(deepcopy=False, states=_counted_states()))
+    if trials is not None:
+        missing = min(missing, trials)
     quotas = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
     print(
-        f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run), storage {storage_url}, "
+        f"study {spec.name!r}: {spec.n_trials} trials ({max(missing, 0)} to run now), storage {storage_url}, "
         f"{workers} worker(s) on {_placement_text(placement)}"
     )
     if missing > 0 and workers == 1:
@@ -585,6 +590,19 @@ def this_run(study, first_number: int) -> dict[str, Any]:
     return {"trials": len(done), "failed": len(failed), "first_error": first_error}
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What a sweep prints when it ends: the study's trial counts, its best trial, where its runs are."""
+    counts = ", ".join(f"{summary.get(f'n_{k}', 0)} {k}" for k in ("complete", "pruned", "fail", "running"))
+    lines = [f"study {summary['study']!r}: {counts}".replace(" fail", " failed")]
+    if "best_trial" in summary:
+        params = ", ".join(f"{k}={v}" for k, v in summary["best_params"].items())
+        lines.append(f"  best   {summary['objective']} {summary['best_value']:.4g} with {params} "
+                     f"(trial {summary['best_trial']})")  # fmt: skip
+    if summary.get("parent_run_id"):
+        lines.append(f"  mlflow parent run {summary['parent_run_id']}: its trials are nested under it")
+    return lines
+
+
 def exit_status(summary: dict[str, Any]) -> int:
     """1 when every trial of this run failed, 0 otherwise; failures are counted on one line either way."""
     run = summary["this_run"]
@@ -611,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers-per-gpu", type=positive_int, default=1, help="workers sharing each GPU")
     parser.add_argument("--storage", help="Optuna storage URL (default: optuna.db, or a journal file for workers>1)")
     parser.add_argument("--sampler", choices=["grid", "tpe"], help="override the study file's sampler")
+    parser.add_argument("--trials", type=positive_int, help="run at most N of the study's missing trials now")
     parser.add_argument("--logger", default="mlflow", choices=["mlflow", "none"])
     parser.add_argument("--slurm", action="store_true", help="submit the workers as a SLURM job array (--array N)")
     parser.add_argument("--array", type=positive_int, help="with --slurm: how many array tasks (workers)")
@@ -624,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.slurm != (args.array is not None):
         parser.error("--slurm and --array N go together: --slurm --array N submits N workers")
+    if args.slurm and args.trials:
+        parser.error("--trials is for local runs; an array's tasks run until the study has its n_trials")
     if args.slurm and (args.workers or args.gpus or args.workers_per_gpu != 1):
         parser.error("--slurm places its workers itself (one GPU per array task): drop --workers/--gpus")
     summary: dict[str, Any] = {}
@@ -642,9 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.workers_per_gpu,
                 args.array,
                 args.slurm_param,
+                args.trials,
             )
         )
-        print(summary)
+        print("\n".join(summary_lines(summary)))
 
     return run_guarded(body) or exit_status(summary)
 

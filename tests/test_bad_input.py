@@ -159,6 +159,7 @@ CASES = [
     ("p1 monitor on test", "phase1.train", [*P1, "loop.monitor=test/loss"], ["loop.monitor=test/loss", "val"]),
     ("p1 unknown preset", "phase1.train", [*P1, "model=hpcm_huge"], ["model/hpcm_huge", "hpcm_base"]),
     ("p1 invalid override", "phase1.train", [*P1, "lamda=0.01"], ["Could not override 'lamda'"]),
+    ("p1 two modes", "phase1.train", [*P1, "-m", "--cfg", "job"], ["--multirun and --cfg do not go together"]),
     ("p1 wrong type", "phase1.train", [*P1, "optim.lr=fast"], ["optim.lr='fast' must be a number"]),
     ("p1 truncated checkpoint", "phase1.train", [*P1, "resume={d}/cut1.pt"], ["cut1.pt", "truncated"]),
     (

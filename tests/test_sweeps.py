@@ -257,6 +257,20 @@ def test_a_sweep_with_some_failures_exits_0_and_counts_them(tmp_path, capsys):
     assert "2 of 4 trial(s) of this run failed; the first, trial " in capsys.readouterr().out
 
 
+def test_trials_caps_a_run_and_the_next_run_goes_on_and_each_ends_with_a_readable_summary(tmp_path, capsys):
+    from sweeps.run import main
+
+    study, storage = _study_file(tmp_path, name="capped"), f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main([study, "--logger", "none", "--storage", storage, "--trials", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "study 'capped': 4 trials (3 to run now)" in out[0]
+    assert out[-2] == "study 'capped': 3 complete, 0 pruned, 0 failed, 0 running"
+    assert re.fullmatch(r"  best   final/val/loss \S+ with optim\.gamma=\S+, optim\.w_lr=\S+ \(trial \d\)", out[-1])
+    assert main([study, "--logger", "none", "--storage", storage, "--trials", "3"]) == 0
+    assert "(1 to run now)" in capsys.readouterr().out  # what the study still needs, not 3 more
+    assert len(open_study(load_study(study), storage).trials) == 4
+
+
 PRUNED = """
 name: pruned
 phase: phase1
