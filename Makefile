@@ -173,8 +173,8 @@ demo: $(STAMP) ## The main job: released weights fine-tuned (Phase 1 Adam vs Bal
 	  --temperature 0.8 --top-k 40
 	$(PY) -m phase2.diagnostics weights/phase2_debug_bytes.pt --out outputs/demo/diagnostics
 	$(PY) -m phase2.train experiment=demo
-	@echo "== Balanced sweep (demo size)"
-	$(PY) -m sweeps.run balanced --size demo
+	@echo "== Balanced sweep: four more trials of its gamma x w_lr grid (demo size)"
+	$(PY) -m sweeps.run balanced --size demo --trials 4
 	@echo "== Report"
 	$(PY) -m reports.build
 	@echo "Open the report: reports/out/all/index.html    Browse every run: make mlflow-ui"

@@ -10,6 +10,7 @@ import pytest
 from common.tracking import MLflowLogger
 from phase1 import rd
 from reports.build import build, load_runs, rd_curves, rd_sets
+from tests.servers import CHROMIUM, chromium
 
 # Four lambdas per optimizer; Balanced needs ~10 % fewer bits at each quality level.
 ADAM = [(0.0035, 0.20, 28.0), (0.0067, 0.33, 30.1), (0.013, 0.52, 32.0), (0.025, 0.80, 33.9)]
@@ -298,3 +299,31 @@ def test_per_image_test_numbers_give_the_bd_rate_a_paired_interval(mlflow_store,
     assert float(row[3]) == pytest.approx(-10.0, abs=1.0)
     low, high = (float(x) for x in re.match(r"(-?[\d.]+) to (-?[\d.]+) \(10 images paired", row[4]).groups())
     assert low < -10.0 < high < 0  # contains the true saving, excludes no saving
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test-deps` installs it, as root)")
+def test_a_browser_shows_the_reports_summary_and_its_rd_plot(mlflow_store, tmp_path):
+    """The report as a reader opens it: headless Chromium renders index.html; the summary is on the page and the
+    R-D plot is drawn (its curves' colours are on the screenshot), not a broken image."""
+    import numpy as np
+    from PIL import Image
+
+    for lm, b, p in ADAM:
+        _log_rd_run("adam", lm, b, p, rd_set="demo")
+        _log_rd_run("balanced", lm, 0.9 * b, p, rd_set="demo")
+    _log_lm_run(2.4, "The history of the world")
+    page = build(out_root=tmp_path).with_suffix(".html")
+    dom = chromium("--dump-dom", page.as_uri())
+    assert "<h2>Summary</h2>" in dom and "BD-rate of Balanced vs Adam <strong>-10.0 %</strong>" in dom
+    assert '<img src="rd_demo.png"' in dom and "The history of the world" in dom
+
+    def curve_pixels(name: str) -> int:
+        """Pixels in matplotlib's first two line colours (Adam's and Balanced's curves) on a screenshot."""
+        chromium(f"--screenshot={tmp_path / name}", "--window-size=1200,2600", page.as_uri())
+        pixels = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(int)
+        return sum(int((np.abs(pixels - c).sum(-1) < 60).sum()) for c in ((31, 119, 180), (255, 127, 14)))
+
+    shown = curve_pixels("report.png")
+    (page.parent / "rd_demo.png").rename(tmp_path / "rd_demo.png")  # the same page with the plot missing
+    assert shown - curve_pixels("without_plot.png") > 1000, "the R-D plot is not drawn on the page"
