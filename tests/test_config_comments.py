@@ -21,7 +21,7 @@ def _documented_commands() -> list[tuple[str, str, list[str]]]:
             match = COMMAND.search(line) if line.lstrip().startswith("#") else None
             if match:
                 phase = match.group(1) or match.group(2)
-                words = shlex.split(match.group(3).strip().strip("`").rstrip("`.").strip('"'))
+                words = shlex.split(match.group(3).strip().strip("`").rstrip("`.").strip('"'), comments=True)
                 # a multirun's launcher and its comma lists: the first value of each stands for all
                 args = [w.split(",")[0] for w in words if w != "-m" and not w.startswith("hydra")]
                 found.append((f"{path.relative_to(REPO_ROOT)}: {match.group(0)}", phase, args))
