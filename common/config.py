@@ -226,7 +226,7 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                     result = fn(cfg)
                 except _user_error_types() as err:
                     _exit_with(err)
-                if isinstance(result, dict) and "global_step" in result:
+                if isinstance(result, dict) and "global_step" in result and os.environ.get("RANK", "0") == "0":
                     from common.run_summary import closing_lines
 
                     print("\n".join(closing_lines(result)))

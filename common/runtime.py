@@ -122,6 +122,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints notes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(backend: str | None = None) -> DistInfo:
     """Join the process group that `torchrun` describes through its environment; a no-op for one process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

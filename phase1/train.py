@@ -31,9 +31,9 @@ KIND = "phase1"
 OBJECTIVE = run.Objective(keys=("lmbda", "loss_metric", "model", "loop.monitor"))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig, trained_steps: int = 0) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig, trained_steps: int | None = 0) -> torch.optim.Optimizer:
     """Adam or Balanced. Balanced's warm-up counts the codec's training steps: a codec that starts from trained
-    weights (`trained_steps`, from init_from) has done that many of them already."""
+    weights (`trained_steps`, from init_from; None for official weights, trained to the end) has done that many."""
     params = [p for p in model.parameters() if p.requires_grad]
     common = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
@@ -46,7 +46,7 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig, trained_steps: int 
             w_lr=cfg.w_lr,
             min_losses=list(cfg.min_losses),
             task_weight_update=cfg.task_weight_update,
-            warmup_steps=max(0, int(cfg.get("warmup_steps", 0)) - trained_steps),
+            warmup_steps=0 if trained_steps is None else max(0, int(cfg.get("warmup_steps", 0)) - trained_steps),
             max_norm=0.0,  # the shared loop clips (loop.clip_grad_norm), once, for every optimizer
             **common,
         )
@@ -66,8 +66,10 @@ class CodecHooks(StepHooks):
         val_paths: list[Path],
         test_paths: list[Path],
         real_bitstreams: bool,
+        init_from_steps: int | None = 0,
     ):
         super().__init__(model, optimizer)
+        self.init_from_steps = init_from_steps  # saved: the codec's training steps are these plus this run's
         self.criterion, self.device, self.precision = criterion, device, precision
         self.val_paths, self.test_paths, self.real_bitstreams = val_paths, test_paths, real_bitstreams
         self.balanced = isinstance(optimizer, Balanced)
@@ -127,6 +129,9 @@ class CodecHooks(StepHooks):
 
     def items_in(self, batch: torch.Tensor) -> int:
         return int(batch.shape[0])
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"init_from_steps": self.init_from_steps}
 
     def evaluate(self) -> dict[str, float]:
         """val/* on the validation images (model selection); the test images are left for test()."""
@@ -192,21 +197,29 @@ def _data(cfg: DictConfig):
     return train_set, val_paths, test_paths
 
 
+def _start_from(cfg: DictConfig, model: torch.nn.Module, resumed: dict | None) -> int | None:
+    """Load `init_from` into a new run's model; returns the training steps behind the weights the run starts from
+    (None: official weights, trained to the end). A resumed run has its weights and that count in its checkpoint."""
+    if resumed is not None:
+        return resumed.get("init_from_steps", 0)
+    if not cfg.init_from:
+        return 0
+    from phase1.weights import load_weights_into
+
+    return load_weights_into(model, cfg.init_from)["steps"]
+
+
 def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
     """The codec, its optimizer, the image data and the R-D step; common.run.execute does the rest."""
     configs.require_positive(cfg, "data.batch_size", "data.patch_size")
     model = build_model(cfg.model).to(device)
-    trained_steps = 0
-    if cfg.init_from:
-        from phase1.weights import load_weights_into
-
-        steps = load_weights_into(model, cfg.init_from)["steps"]
-        trained_steps = steps if steps is not None else 2**62  # the official weights are trained to the end
-        warmup = int(cfg.optim.get("warmup_steps", 0))
-        if cfg.optim.name == "balanced" and warmup and resumed is None:
-            left = max(0, warmup - trained_steps)
-            print(f"note: init_from is trained ({steps or 'official'} steps): {left} of Balanced's "
-                  f"optim.warmup_steps={warmup} are left", file=sys.stderr)  # fmt: skip
+    init_steps = _start_from(cfg, model, resumed)
+    warmup = int(cfg.optim.get("warmup_steps", 0)) if cfg.optim.name == "balanced" else 0
+    if warmup and cfg.init_from and resumed is None and runtime.is_main_process():
+        trained = "official weights, trained to the end" if init_steps is None else f"trained {init_steps} steps"
+        left = 0 if init_steps is None else max(0, warmup - init_steps)
+        print(f"note: init_from is {trained}: {left} of Balanced's optim.warmup_steps={warmup} are left",
+              file=sys.stderr)  # fmt: skip
     train_set, val_paths, test_paths = _data(cfg)
     hooks = partial(
         CodecHooks,
@@ -216,13 +229,14 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         val_paths=val_paths,
         test_paths=test_paths,
         real_bitstreams=cfg.eval.real_bitstreams,
+        init_from_steps=init_steps,
     )
     tags = {"model": cfg.model.name, "optim": cfg.optim.name}
     if cfg.get("rd_set"):  # the R-D curve this run belongs to (reports draw one per rd_set and optimizer)
         tags["rd_set"] = cfg.rd_set
     return RunParts(
         model=model,
-        optimizer=build_optimizer(model, cfg.optim, trained_steps),
+        optimizer=build_optimizer(model, cfg.optim, init_steps),
         hooks=hooks,
         train_set=train_set,
         batch_size=cfg.data.batch_size,  # the global batch is world_size x data.batch_size

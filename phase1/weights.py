@@ -19,8 +19,8 @@ from phase1.hpcm import CONFIGS, HPCM, build_hpcm, canonical_name, load_hpcm_sta
 def read_checkpoint(path: str | Path, model_name: str | None = None):
     """-> (state_dict, model name, meta). Accepts this project's checkpoints ({"model_state_dict", "config"})
     and the official code's (a plain state_dict, possibly with DataParallel's "module." prefix). `meta` holds
-    what the project's config says about the run (model, lmbda, optim) and its training steps (None for the
-    official code's, which are trained to the end)."""
+    what the project's config says about the run (model, lmbda, optim) and the codec's training steps, its own
+    and those of any weights it started from (None: official weights, trained to the end)."""
     path = Path(path)
     obj = read_torch_file(path)
     meta = {"source": "official", "steps": None}
@@ -30,7 +30,9 @@ def read_checkpoint(path: str | Path, model_name: str | None = None):
         check_checksum(obj, path)
         cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
         optim = (cfg.get("optim") or {}).get("name")
-        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": optim, "steps": obj.get("global_step", 0)}
+        before = obj.get("init_from_steps", 0)  # the steps of the weights its run started from (None: official)
+        steps = None if before is None else before + obj.get("global_step", 0)
+        meta = {"source": "project", "lmbda": cfg.get("lmbda"), "optim": optim, "steps": steps}
         if model_name is None and isinstance(cfg.get("model"), dict):
             model_name = cfg["model"].get("name")
         obj = obj["model_state_dict"]

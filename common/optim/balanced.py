@@ -206,6 +206,7 @@ class Balanced(CautiousAdam):
             "stepped": self._stepped,
             "steps_done": self._steps_done,
             "weighted": self._weighted,
+            "warmup_steps": self.warmup_steps,  # a resumed run keeps the warm-up it started with
         }
         return state
 
@@ -220,6 +221,7 @@ class Balanced(CautiousAdam):
         super().load_state_dict(state)
         self.famo.load_state_dict(balancing)
         self._stepped = bool(balancing["stepped"])
+        self.warmup_steps = int(balancing.get("warmup_steps", self.warmup_steps))
         # states saved before warm-up existed were always weighted
         self._steps_done = int(balancing.get("steps_done", self.warmup_steps))
         self._weighted = balancing.get("weighted", True)

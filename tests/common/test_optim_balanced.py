@@ -285,5 +285,9 @@ def test_warmup_resumes_exactly(tmp_path):
     again = Balanced([p[0].detach().clone().requires_grad_()], lr=1e-2, warmup_steps=2)
     again.load_state_dict(state)
     assert again.state_dict()["task_balancing"]["steps_done"] == 1
+    # the warm-up a run started with stays its own, whatever the resuming process would compute now
+    other = Balanced([p[0].detach().clone().requires_grad_()], lr=1e-2, warmup_steps=0)
+    other.load_state_dict(state)
+    assert other.warmup_steps == 2 and not other.weighted
     with pytest.raises(ValueError, match="warmup_steps"):
         Balanced(p, warmup_steps=-1)

@@ -247,7 +247,7 @@ def test_init_from_starts_training_from_the_checkpoint_weights(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
-@pytest.mark.parametrize("trained, left", [(300, 200), (800, 0), (None, 0)])
+@pytest.mark.parametrize("trained, left", [(0, 500), (300, 200), (800, 0), (None, 0)])
 def test_balanced_warm_up_counts_the_steps_init_from_was_trained(trained, left, tmp_path, capsys):
     """The warm-up gets a codec out of its random start; a codec from init_from did part or all of it already
     (an official checkpoint carries no step count and is trained to the end)."""
@@ -266,9 +266,24 @@ def test_balanced_warm_up_counts_the_steps_init_from_was_trained(trained, left, 
         compose("phase1", [*common, "optim=balanced", "optim.warmup_steps=500"]), torch.device("cpu"), None
     )
     assert parts.optimizer.warmup_steps == left
-    assert f"{left} of Balanced's optim.warmup_steps=500 are left" in capsys.readouterr().err
+    note = capsys.readouterr().err
+    assert f"{left} of Balanced's optim.warmup_steps=500 are left" in note
+    assert ("official weights" in note) == (trained is None)
     scratch = build_parts(compose("phase1", [*FAST, "logger=none", "optim=balanced"]), torch.device("cpu"), None)
     assert scratch.optimizer.warmup_steps == 500  # from scratch: the whole warm-up
+
+
+def test_a_codecs_training_steps_add_up_over_fine_tunes(tmp_path):
+    """Released weights fine-tuned again: the second fine-tune's codec counts the steps of all three runs."""
+    from phase1.weights import read_checkpoint
+
+    run = [*FAST, "logger=none", "loop.eval_every=0", "eval.real_bitstreams=false"]
+    train(compose("phase1", [*run, "loop.max_steps=3", f"checkpoint.dir={tmp_path / 'a'}"]))
+    train(compose("phase1", [*run, "loop.max_steps=2", f"init_from={tmp_path / 'a' / 'last.pt'}",
+                             f"checkpoint.dir={tmp_path / 'b'}"]))  # fmt: skip
+    train(compose("phase1", [*run, "loop.max_steps=2", f"init_from={tmp_path / 'b' / 'last.pt'}",
+                             f"checkpoint.dir={tmp_path / 'c'}"]))  # fmt: skip
+    assert [read_checkpoint(tmp_path / x / "last.pt")[2]["steps"] for x in "abc"] == [3, 5, 7]
 
 
 def test_resume_under_another_lambda_needs_consent_and_restarts_best(tmp_path, mlflow_store):
