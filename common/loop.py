@@ -125,6 +125,7 @@ class Loop:
             "skipped_steps": self.state.skipped_steps,
             "data_state": self.batches.state_dict() if hasattr(self.batches, "state_dict") else {},
             "mlflow_run_id": self.logger.run_id or "",
+            "tracking_uri": getattr(self.logger, "tracking_uri", None) or "",  # where that run is (releases)
             "config": self.config,
             "rng_state": runtime.rng_state(),
             "history": self.state.history,

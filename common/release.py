@@ -17,17 +17,18 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.checkpoint import last_in_run_folder, load_checkpoint, save_checkpoint, write_atomically
 from common.config import run_guarded
-from common.tracking import Store, default_tracking_uri
+from common.tracking import Store, default_tracking_uri, redacted
 
 MANIFEST = "manifest.json"
 REBUILD = "make demo-weights"
 # What a user of the weights needs; the rest of a training checkpoint is for resuming that run.
-KEPT = ("kind", "model_state_dict", "config", "global_step", "best_val_loss", "mlflow_run_id", "tokenizer_json")
+KEPT = ("kind", "model_state_dict", "config", "global_step", "init_from_steps", "mlflow_run_id", "tokenizer_json")
 
 
 class ReleaseError(ValueError):
@@ -37,11 +38,14 @@ class ReleaseError(ValueError):
 def released_name(config: dict[str, Any]) -> str:
     """phase1_tiny_adam.pt, phase2_debug_bytes.pt: the phase, the model, and what else tells two apart."""
     kind, model = config.get("task_name"), config.get("model") or {}
-    if kind == "phase1":
-        return f"phase1_{model['name']}_{config['optim']['name']}.pt"
-    if kind == "phase2":
-        name = model.get("preset") if model.get("kind") == "phase2" else model.get("kind")
-        return f"phase2_{name}_{config['tokenizer']['kind']}.pt"
+    try:
+        if kind == "phase1":
+            return f"phase1_{model['name']}_{config['optim']['name']}.pt"
+        if kind == "phase2":
+            name = model["preset"] if model.get("kind") == "phase2" else model["kind"]
+            return f"phase2_{name}_{config['tokenizer']['kind']}.pt"
+    except (KeyError, TypeError) as err:
+        raise ReleaseError(f"the run's config lacks {err} to name its weights by") from None
     raise ReleaseError(f"a run of task {kind!r} cannot be released: only phase1 and phase2 runs")
 
 
@@ -53,8 +57,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def release_run(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
-    """Write the final weights of the finished run in `run_dir` into `out`; returns (file name, manifest entry)."""
+@dataclass
+class Candidate:
+    """A finished, tracked run checked for release: its folder, last checkpoint, MLflow record and file name."""
+
+    run_dir: Path
+    payload: dict[str, Any]
+    record: dict[str, Any]
+    tracking_uri: str
+    name: str
+
+
+def candidate(run_dir: Path) -> Candidate:
+    """Read and check a run before anything is written: finished to its last step, tracked, its MLflow run
+    FINISHED with test numbers (of these, its final weights)."""
     payload = load_checkpoint(last_in_run_folder(run_dir))
     config = payload.get("config") or {}
     steps, planned = payload.get("global_step", 0), (config.get("loop") or {}).get("max_steps")
@@ -62,27 +78,38 @@ def release_run(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
         raise ReleaseError(f"run {run_dir} is not finished (step {steps} of {planned}): finish it first")
     if not payload.get("mlflow_run_id"):
         raise ReleaseError(f"run {run_dir} was not tracked (logger=none): its commit and device are not on record")
-    uri = (config.get("logger") or {}).get("tracking_uri") or default_tracking_uri()
+    uri = payload.get("tracking_uri") or (config.get("logger") or {}).get("tracking_uri") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ReleaseError(f"run {run_dir} was tracked in {uri}, which does not exist here")
     record = Store(uri).run_record(payload["mlflow_run_id"])
-    name = released_name(config)
-    path = save_checkpoint(out / name, {k: payload[k] for k in KEPT if k in payload})
-    tags = record["tags"]
-    return name, {
+    if record["status"] != "FINISHED" or not any(k.startswith("test/") for k in record["metrics"]):
+        raise ReleaseError(
+            f"run {run_dir}: its MLflow run {payload['mlflow_run_id']} is {record['status']} without test numbers "
+            "of its final weights: only a finished run is released"
+        )
+    return Candidate(run_dir, payload, record, uri, released_name(config))
+
+
+def write_release(c: Candidate, out: Path) -> dict[str, Any]:
+    """The weights file and its manifest entry."""
+    path = save_checkpoint(out / c.name, {k: c.payload[k] for k in KEPT if k in c.payload})
+    config, tags = c.payload.get("config") or {}, c.record["tags"]
+    return {
         "sha256": sha256(path),
         "bytes": path.stat().st_size,
-        "kind": payload.get("kind"),
+        "kind": c.payload.get("kind"),
         "model": tags.get("model"),
-        "parameters": sum(t.numel() for t in payload["model_state_dict"].values() if t.is_floating_point()),
+        "parameters": sum(t.numel() for t in c.payload["model_state_dict"].values() if t.is_floating_point()),
         "objective": _objective(config),
         "data": config.get("data"),
-        "steps": steps,
-        "metrics": {k: v for k, v in sorted(record["metrics"].items()) if k.split("/")[0] in ("val", "test")},
+        "steps": c.payload["global_step"],
+        "metrics": {k: v for k, v in sorted(c.record["metrics"].items()) if k.split("/")[0] in ("val", "test")},
         "run": {
-            "folder": str(run_dir),
-            "mlflow_run_id": record["run_id"],
-            "mlflow_experiment": record["experiment"],
-            "tracking_uri": uri,
-            "status": record["status"],
+            "folder": str(c.run_dir),
+            "mlflow_run_id": c.record["run_id"],
+            "mlflow_experiment": c.record["experiment"],
+            "tracking_uri": redacted(c.tracking_uri),
+            "status": c.record["status"],
         },
         "commit": tags.get("git_commit"),
         "uncommitted_changes": tags.get("git_dirty") == "true",
@@ -93,19 +120,24 @@ def release_run(run_dir: Path, out: Path) -> tuple[str, dict[str, Any]]:
 
 def _objective(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("task_name") == "phase1":
-        return {"lmbda": config.get("lmbda"), "loss_metric": config.get("loss_metric"), "optim": config["optim"]}
+        return {"lmbda": config.get("lmbda"), "loss_metric": config.get("loss_metric"), "optim": config.get("optim")}
     return {"tokenizer": config.get("tokenizer"), "seq_len": config.get("seq_len"), "optim": config.get("optim")}
 
 
 def release(out: Path, run_dirs: list[Path]) -> Path:
-    """Release each run into `out` and record it in out/manifest.json (entries of other files are kept)."""
+    """Release each run into `out` and record it in out/manifest.json (entries of other files are kept). Every run
+    is checked first: a run that cannot be released leaves the folder as it was."""
+    candidates = [candidate(run_dir) for run_dir in run_dirs]
+    names = [c.name for c in candidates]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ReleaseError(f"two of the runs would both be released as {twice[0]}: release one of them")
     manifest_path = out / MANIFEST
     manifest = read_manifest(out) if manifest_path.is_file() else {"files": {}}
     manifest["made_by"] = REBUILD
-    for run_dir in run_dirs:
-        name, entry = release_run(run_dir, out)
-        manifest["files"][name] = entry
-        print(f"{out / name}: {entry['bytes'] / 2**20:.2f} MiB, sha256 {entry['sha256'][:12]}..., from {run_dir}")
+    for c in candidates:
+        entry = manifest["files"][c.name] = write_release(c, out)
+        print(f"{out / c.name}: {entry['bytes'] / 2**20:.2f} MiB, sha256 {entry['sha256'][:12]}..., from {c.run_dir}")
     write_atomically(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     return manifest_path
 
@@ -132,6 +164,8 @@ def check(folder: Path, names: list[str] | None = None) -> dict[str, Any]:
             raise ReleaseError(f"{folder / MANIFEST} lists no {name}: rebuild the weights with `{REBUILD}`")
         if not path.is_file():
             raise ReleaseError(f"{path} is missing: restore it with `git checkout {path}` or rebuild with `{REBUILD}`")
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            raise ReleaseError(f"{folder / MANIFEST} has no sha256 for {name}: restore it with `git checkout`")
         if sha256(path) != entry["sha256"]:
             raise ReleaseError(
                 f"{path} does not match its sha256 in {folder / MANIFEST} (corrupt or replaced): restore it with "

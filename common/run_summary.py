@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from common.tracking import ui_link
+from common.tracking import redacted, ui_link
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves a local store
 
@@ -46,10 +46,10 @@ def where_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  {'checkpoints':<11} {summary['checkpoint_dir']}{note}")
     if summary.get("mlflow_run_id"):
         uri = summary.get("tracking_uri") or ""
-        server = uri if uri.startswith(("http://", "https://")) else None
+        server = redacted(uri) if uri.startswith(("http://", "https://")) else None
         link = ui_link(server or LOCAL_UI, summary["mlflow_experiment_id"], summary["mlflow_run_id"])
         how = f"{link}" if server else f"make mlflow-ui, then {link}"
-        lines.append(f"  {'mlflow':<11} run {summary['mlflow_run_id']} in {uri}: {how}")
+        lines.append(f"  {'mlflow':<11} run {summary['mlflow_run_id']} in {redacted(uri)}: {how}")
     return lines
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -180,6 +181,11 @@ def ensure_store(tracking_uri: str | None = None) -> str:
         with creation_lock(uri):
             MlflowClient(uri).search_experiments(max_results=1)
     return uri
+
+
+def redacted(uri: str) -> str:
+    """A store's URI fit to print or commit: a password in it (postgresql://user:secret@host/db) becomes ***."""
+    return re.sub(r"(//[^/:@]+:)[^@/]+@", r"\1***@", uri)
 
 
 def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
@@ -447,7 +453,12 @@ class Store:
 
     def run_record(self, run_id: str) -> dict[str, Any]:
         """One run as plain data: its experiment, status, tags (mlflow.* left out) and latest metric values."""
-        run = self.client.get_run(run_id)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise ValueError(f"run {run_id} is not in the MLflow store {redacted(self.tracking_uri)}") from None
         experiment = self.client.get_experiment(run.info.experiment_id)
         return {
             "run_id": run_id,

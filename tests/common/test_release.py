@@ -118,3 +118,35 @@ def test_an_unfinished_or_untracked_run_is_not_released(tmp_path, mlflow_store):
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: run {tmp_path / 'short'} is not finished (step 1 of 5): finish it first"
     assert not (tmp_path / "weights" / "manifest.json").exists()
+
+
+def test_a_run_the_store_does_not_hold_is_refused_before_anything_is_written(released, tmp_path, monkeypatch):
+    import shutil
+
+    weights = tmp_path / "weights"
+    shutil.copytree(released / "weights", weights)
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    payload = read_torch_file(released / "run2" / "checkpoints" / "last.pt")
+    payload["mlflow_run_id"], payload["tracking_uri"] = "0" * 32, f"sqlite:///{released / 'mlflow.db'}"
+    from common.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "gone" / "checkpoints" / "last.pt", payload)
+    with pytest.raises(ValueError, match=f"run {'0' * 32} is not in the MLflow store sqlite:///"):
+        release(weights, [released / "run1", tmp_path / "gone"])  # the first run is fine, the second is not
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before  # nothing replaced, manifest intact
+    payload["tracking_uri"] = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    save_checkpoint(tmp_path / "gone" / "checkpoints" / "last.pt", payload)
+    with pytest.raises(ValueError, match="nowhere.db, which does not exist here"):
+        release(weights, [tmp_path / "gone"])
+    assert not (tmp_path / "nowhere.db").exists()  # and no empty store was made in its place
+    with pytest.raises(ValueError, match="would both be released as phase1_tiny_adam.pt"):
+        release(weights, [released / "run1", released / "run1"])
+
+
+def test_store_uris_are_printed_and_kept_without_their_password():
+    from common.tracking import redacted
+
+    assert redacted("postgresql://ann:s3cret@db:5432/mlflow") == "postgresql://ann:***@db:5432/mlflow"
+    assert redacted("http://user:pw@tracker:5000") == "http://user:***@tracker:5000"
+    assert redacted("sqlite:////work/mlflow.db") == "sqlite:////work/mlflow.db"
+    assert redacted("http://tracker:5000") == "http://tracker:5000"  # a port is no password
