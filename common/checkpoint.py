@@ -9,6 +9,7 @@ as a tokenizer (stored as JSON text). Nothing in it needs pickling, so loading n
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pickle
 import re
@@ -143,6 +144,15 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             torch.save(payload, f)
 
     return write_atomically(path, write)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (hex): what a release's manifest and a run's init_from tag name weights by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_torch_file(path: str | os.PathLike, map_location="cpu") -> Any:

@@ -14,14 +14,13 @@ and test numbers.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.checkpoint import last_in_run_folder, load_checkpoint, save_checkpoint, write_atomically
+from common.checkpoint import last_in_run_folder, load_checkpoint, save_checkpoint, sha256, write_atomically
 from common.config import run_guarded
 from common.tracking import Store, default_tracking_uri, redacted
 
@@ -47,14 +46,6 @@ def released_name(config: dict[str, Any]) -> str:
     except (KeyError, TypeError) as err:
         raise ReleaseError(f"the run's config lacks {err} to name its weights by") from None
     raise ReleaseError(f"a run of task {kind!r} cannot be released: only phase1 and phase2 runs")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Subset
 from common import config as configs
 from common import runtime
 from common.batches import EpochBatches
-from common.checkpoint import CheckpointManager, check_unclaimed, load_checkpoint, resolve_resume
+from common.checkpoint import CheckpointManager, check_unclaimed, load_checkpoint, resolve_resume, sha256
 from common.loop import Loop, StepHooks, loop_config
 from common.schedulers import build_scheduler
 from common.tracking import create_logger
@@ -145,6 +145,8 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
             on_log=on_log,
         )
         tags = {"phase": kind, **parts.tags, "run_dir": folder, "device": runtime.device_name(device)}
+        if cfg.get("init_from"):  # which weights exactly: a file of that name may be replaced later
+            tags["init_from_sha256"] = sha256(cfg.init_from)
         summary = loop.fit(resumed, tags=tags, run_dir=folder, resumed_from=str(resume_from))
     finally:
         runtime.shutdown_distributed()

@@ -259,14 +259,27 @@ def _curves(points: pd.DataFrame) -> dict[str, list[dict]]:
 
 
 def _per_image_numbers(run_id: str) -> dict:
-    text = Store().artifact_text(run_id, "test_images.json")
+    text = _artifact(run_id, "test_images.json")
     return json.loads(text) if text else {}
+
+
+def _artifact(run_id: str, name: str) -> str | None:
+    """A run's text artifact; None when it has none or its artifact store cannot be read now (the report then
+    goes without it, and says so where it matters)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Store().artifact_text(run_id, name)
+    except (MlflowException, OSError) as err:
+        print(f"note: {name} of run {run_id} could not be read ({type(err).__name__}); the report goes without it")
+        return None
 
 
 def _latest_per_point(done: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(latest run of each optimizer and lambda, the earlier ones): a set trained again replaces its points."""
     key = [_first(done, "tags.optim", "params.optim.name"), pd.to_numeric(_col(done, "params.lmbda"), errors="coerce")]
-    newest_first = done.assign(_optim=key[0].values, _lmbda=key[1].values).sort_values("start_time", ascending=False)
+    # by when a run finished: a run resumed to its end is newer than one started after it began
+    newest_first = done.assign(_optim=key[0].values, _lmbda=key[1].values).sort_values("end_time", ascending=False)
     latest = newest_first.drop_duplicates(["_optim", "_lmbda"])
     return done.loc[latest.index], done.drop(latest.index)
 
@@ -300,7 +313,7 @@ def png_names(names: list[str]) -> dict[str, str]:
     return out
 
 
-def phase1_section(report: Report, runs: pd.DataFrame) -> None:
+def phase1_section(report: Report, runs: pd.DataFrame, sets: dict[str, RDSet]) -> None:
     trained = training_runs(runs)
     if trained.empty:
         return
@@ -337,7 +350,7 @@ def phase1_section(report: Report, runs: pd.DataFrame) -> None:
             "`rd_set=<name>` on the command line (e.g. `python -m phase1.train optim=adam lmbda=0.0035 "
             "rd_set=<name>`)."
         )
-    rd_section(report, runs)
+    rd_section(report, sets)
     task_weight_section(report, trained)
 
 
@@ -355,8 +368,7 @@ def _describe(points: pd.DataFrame) -> str:
     )
 
 
-def rd_section(report: Report, runs: pd.DataFrame) -> None:
-    sets = rd_sets(runs)
+def rd_section(report: Report, sets: dict[str, RDSet]) -> None:
     files = png_names(sorted(sets))
     for name in sorted(sets):
         rd_set = sets[name]
@@ -446,7 +458,11 @@ def comparison(rd_set: RDSet) -> dict:
         return {"error": str(err), "runs": ids}
     images = pd.to_numeric(_col(rd_set.points, "metrics.test/images"), errors="coerce").max()
     if all("bpp_per_image" in p for p in anchor + test):
-        boot = rd.bd_rate_bootstrap(anchor, test)
+        try:
+            boot = rd.bd_rate_bootstrap(anchor, test)
+        except ValueError as err:  # e.g. runs measured on different test images: no paired resampling
+            result["note"] = f"no interval: {err}"
+            return result
         result["note"] = boot["note"]
         if boot["ci_low"] is not None:
             result["interval"] = (
@@ -635,10 +651,10 @@ def phase2_section(report: Report, runs: pd.DataFrame) -> None:
         report.table(table)
 
 
-def summary_section(report: Report, runs: pd.DataFrame) -> None:
+def summary_section(report: Report, runs: pd.DataFrame, sets: dict[str, RDSet]) -> None:
     """What was compared and what came out, one bullet per R-D set, study and the latest Phase 2 run, each
     number naming its run; the sections below hold the details."""
-    lines = [*_rd_summaries(runs), *_study_summaries(runs)]
+    lines = [*_rd_summaries(sets), *_study_summaries(runs)]
     phase2, sample = _phase2_summary(runs)
     lines += phase2
     if not lines:
@@ -649,9 +665,9 @@ def summary_section(report: Report, runs: pd.DataFrame) -> None:
         report.text("\n".join(f"> {line}" for line in sample.rstrip("\n").splitlines()))
 
 
-def _rd_summaries(runs: pd.DataFrame) -> list[str]:
+def _rd_summaries(sets: dict[str, RDSet]) -> list[str]:
     out = []
-    for name, rd_set in sorted(rd_sets(runs).items()):
+    for name, rd_set in sorted(sets.items()):
         if rd_set.points.empty or rd_set.differences:
             continue
         sizes = ", ".join(f"{optim} at {len(curve)} lambdas" for optim, curve in sorted(rd_set.curves.items()))
@@ -674,7 +690,7 @@ def _study_summaries(runs: pd.DataFrame) -> list[str]:
     studies = runs[_col(runs, "tags.kind") == "study"]
     for _, parent in studies.iterrows():
         name = parent.get("tags.optuna_study")
-        trials = runs[(_col(runs, "tags.optuna_study") == name) & (_col(runs, "tags.kind") != "study")]
+        trials = runs[_col(runs, "tags.mlflow.parentRunId") == parent["run_id"]]  # this study's, not a namesake's
         objective = parent.get("params.study.objective") or "the objective"
         best = trials[_col(trials, "tags.optuna_trial").astype(str) == str(parent.get("tags.best_trial"))]
         line = f"**Optuna study `{name}`**: {len(trials)} trials"
@@ -692,48 +708,50 @@ def _study_summaries(runs: pd.DataFrame) -> list[str]:
 
 def _phase2_summary(runs: pd.DataFrame) -> tuple[list[str], str | None]:
     """The latest finished Phase 2 run: its test and validation bits/byte, where it started, and its sample."""
-    lm = runs[(_col(runs, "tags.phase") == "phase2") & (runs["status"] == "FINISHED")] if not runs.empty else runs
-    lm = lm[_col(lm, "metrics.test/bits_per_byte").notna()]
+    if runs.empty:
+        return [], None
+    lm = runs[(_col(runs, "tags.phase") == "phase2") & (runs["status"] == "FINISHED")]
+    lm = lm[_col(lm, "metrics.test/bits_per_byte").notna() & _col(lm, "tags.optuna_study").isna()]
     if lm.empty:
         return [], None
-    row = lm.sort_values("start_time").iloc[-1]
-    steps = _fmt(pd.to_numeric(row.get("params.loop.max_steps"), errors="coerce"))
+    row = lm.sort_values("end_time").iloc[-1]
+    steps = Store().metric_history(row["run_id"], "test/bits_per_byte")[-1][0]  # logged once, at the last step
     line = (
         f"**Phase 2** (latest run {row['run_id'][:8]}, model {row.get('tags.model')}, {steps} steps"
         f"{_origin(lm.loc[[row.name]])}): test **{row['metrics.test/bits_per_byte']:.3f} bits/byte** (validation "
         f"{_fmt(row.get('metrics.val/bits_per_byte'))})."
     )
-    sample = Store().artifact_text(row["run_id"], "sample.txt")
+    sample = _artifact(row["run_id"], "sample.txt")
     if sample:
         line += f" Sample of its final weights (run {row['run_id'][:8]}):"
     return [line], sample
 
 
 def _origin(points: pd.DataFrame) -> str:
-    """ ", fine-tuned from <file> (released: ...)" when every run started from one file (init_from); the release's
-    numbers come from the manifest beside it (common/release.py)."""
-    from common.release import MANIFEST
+    """ ", fine-tuned from <file> (released ...)" when every run started from the same weights (init_from, and its
+    sha256 as the run recorded it); the release's numbers come from the manifest beside the file when it still
+    lists those very weights (common/release.py)."""
+    from common.release import read_manifest
 
-    starts = _col(points, "params.init_from").dropna().unique()
-    if len(starts) != 1 or len(points) != _col(points, "params.init_from").notna().sum() or starts[0] == "None":
+    files, hashes = _col(points, "params.init_from"), _col(points, "tags.init_from_sha256")
+    if files.isna().any() or files.nunique() != 1 or files.iloc[0] == "None":
         return ""
-    path = Path(starts[0])
+    path = Path(files.iloc[0])
     text = f", fine-tuned from `{_relative(path)}`"
-    manifest = path.parent / MANIFEST
-    if manifest.is_file():
-        entry = json.loads(manifest.read_text()).get("files", {}).get(path.name)
-        if entry:
-            metrics = entry.get("metrics", {})
-            shown = ", ".join(
-                f"{key} {metrics[key]:.4g}"
-                for key in ("test/bpp_real", "test/psnr", "test/bits_per_byte")
-                if key in metrics
-            )
-            text += (
-                f" (released after {entry.get('steps')} steps on {entry.get('device')}: {shown}; "
-                f"run {str(entry.get('run', {}).get('mlflow_run_id'))[:8]})"
-            )
-    return text
+    if hashes.isna().any() or hashes.nunique() != 1:
+        return text
+    try:
+        entry = read_manifest(path.parent)["files"].get(path.name)
+    except ValueError:  # no manifest beside it (or not one): the file alone is named
+        return text
+    if not isinstance(entry, dict) or entry.get("sha256") != hashes.iloc[0]:
+        return text + " (not the weights its manifest lists now)"
+    metrics = entry.get("metrics", {})
+    shown = ", ".join(
+        f"{key} {metrics[key]:.4g}" for key in ("test/bpp_real", "test/psnr", "test/bits_per_byte") if key in metrics
+    )
+    run_id = str(entry.get("run", {}).get("mlflow_run_id"))[:8]
+    return text + f" (released after {entry.get('steps')} steps on {entry.get('device')}: {shown}; run {run_id})"
 
 
 def _relative(path: Path) -> str:
@@ -765,8 +783,9 @@ def build(
             "(e.g. `make demo` or `./run_balanced.sh`)."
         )
         return report.write()
-    summary_section(report, runs)
-    phase1_section(report, runs)
+    sets = rd_sets(runs)  # once: its points' per-image numbers are downloaded from the store
+    summary_section(report, runs, sets)
+    phase1_section(report, runs, sets)
     study_section(report, runs, storage)
     phase2_section(report, runs)
     return report.write()

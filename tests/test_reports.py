@@ -232,8 +232,9 @@ def test_study_section_reports_the_best_trial(mlflow_store, tmp_path):
     assert "| trial | run id | state | optim.gamma |" in text  # no search space logged: the params that vary
 
 
-def _log_lm_run(bits: float, sample: str, init_from: str | None = None) -> str:
-    logger = MLflowLogger("phase2", run_name="lm", tags={"phase": "phase2", "model": "debug"})
+def _log_lm_run(bits: float, sample: str, init_from: str | None = None, init_sha: str | None = None) -> str:
+    tags = {"phase": "phase2", "model": "debug", **({"init_from_sha256": init_sha} if init_sha else {})}
+    logger = MLflowLogger("phase2", run_name="lm", tags=tags)
     logger.log_params({"loop": {"max_steps": 50}, "init_from": init_from})
     logger.log_metrics({"val/bits_per_byte": bits + 0.02, "test/bits_per_byte": bits}, step=50)
     logger.client.log_text(logger.run_id, sample, "sample.txt")
@@ -244,15 +245,18 @@ def _log_lm_run(bits: float, sample: str, init_from: str | None = None) -> str:
 def test_the_report_opens_with_a_summary_of_what_was_compared_and_what_came_out(mlflow_store, tmp_path):
     import json
 
+    from common.checkpoint import sha256
+
     weights = tmp_path / "weights"
     weights.mkdir()
+    (weights / "lm.pt").write_bytes(b"the released weights")
     released = {"steps": 4000, "device": "cpu (2 threads)", "run": {"mlflow_run_id": "f" * 32},
-                "metrics": {"test/bits_per_byte": 2.5}}  # fmt: skip
+                "metrics": {"test/bits_per_byte": 2.5}, "sha256": sha256(weights / "lm.pt")}  # fmt: skip
     (weights / "manifest.json").write_text(json.dumps({"files": {"lm.pt": released}}))
     ids = [_log_rd_run("adam", lm, b, p, rd_set="demo") for lm, b, p in ADAM]
     ids += [_log_rd_run("balanced", lm, 0.9 * b, p, rd_set="demo") for lm, b, p in ADAM]
     old = _log_lm_run(3.0, "The old sample")
-    lm = _log_lm_run(2.4, "The history of\nthe world", init_from=str(weights / "lm.pt"))
+    lm = _log_lm_run(2.4, "The history of\nthe world", str(weights / "lm.pt"), released["sha256"])
     text = build(out_root=tmp_path / "out").read_text()
     summary = _sections(text)["Summary"]
     line = next(x for x in summary.splitlines() if "R-D set `demo`" in x)
@@ -264,6 +268,12 @@ def test_the_report_opens_with_a_summary_of_what_was_compared_and_what_came_out(
     assert f"latest run {lm[:8]}" in phase2 and old[:8] not in phase2 and "test **2.400 bits/byte**" in phase2
     assert "released after 4000 steps on cpu (2 threads): test/bits_per_byte 2.5; run ffffffff" in phase2
     assert "> The history of\n> the world" in summary
+    # weights released again under the same name: the run's numbers are not credited to the new release
+    newer = _log_lm_run(2.3, "The next", str(weights / "lm.pt"), "0" * 64)
+    phase2 = next(x for x in _sections(build(out_root=tmp_path / "again").read_text())["Summary"].splitlines()
+                  if "**Phase 2**" in x)  # fmt: skip
+    assert f"latest run {newer[:8]}" in phase2 and "(not the weights its manifest lists now)" in phase2
+    assert "released after" not in phase2
     html = (tmp_path / "out" / "all" / "index.html").read_text()
     assert "<h2>Summary</h2><ul><li><strong>Phase 1, R-D set <code>demo</code></strong>" in html
     assert "<blockquote>The history of\nthe world</blockquote>" in html
@@ -299,6 +309,14 @@ def test_per_image_test_numbers_give_the_bd_rate_a_paired_interval(mlflow_store,
     assert float(row[3]) == pytest.approx(-10.0, abs=1.0)
     low, high = (float(x) for x in re.match(r"(-?[\d.]+) to (-?[\d.]+) \(10 images paired", row[4]).groups())
     assert low < -10.0 < high < 0  # contains the true saving, excludes no saving
+
+    # a set whose optimizers were measured on other photos cannot be paired: no interval, and the report is built
+    for optim, names in (("adam", "abcdefghij"), ("balanced", "klmnopqrst")):
+        for lm, b, p in ADAM:
+            _log_rd_run(optim, lm, b, p, rd_set="odd", per_image={"images": [f"{n}.png" for n in names],
+                        "bpp_per_image": [b] * 10, "psnr_per_image": [p] * 10})  # fmt: skip
+    section = _sections(build(out_root=tmp_path / "odd").read_text())["Phase 1: R-D set odd"]
+    assert "no interval: the operating points list different test images" in section
 
 
 @pytest.mark.slow
