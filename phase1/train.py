@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from common import config as configs
 from common import run, runtime
+from common.checkpoint import write_atomically
 from common.loop import Loop, StepHooks, unwrap
 from common.optim import Balanced, capture_rng_state
 from common.run import RunParts
@@ -173,8 +174,8 @@ def write_test_images(loop: Loop, folder: Path) -> None:
     per_image = loop.hooks.test_images
     if per_image is None:  # stopped before its test evaluation, or without real bitstreams
         return
-    path = folder / "test_images.json"
-    path.write_text(json.dumps(per_image, indent=1) + "\n")
+    text = json.dumps(per_image, indent=1) + "\n"
+    path = write_atomically(folder / "test_images.json", lambda tmp: Path(tmp).write_text(text))
     loop.logger.log_artifact(path)
 
 

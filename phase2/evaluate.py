@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from common.runtime import pick_device
 from phase2.data import TokenWindows, load_splits, read_text_source
 from phase2.inference import LanguageModel, load_language_model
 from phase2.tokenizer import encode_documents
-from phase2.train import evaluate_nll
+from phase2.train import evaluate_nll, nll_scores
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -50,12 +49,9 @@ def evaluate_text(
     stream = encode_documents(lm.tokenizer, documents)
     windows = TokenWindows(stream, seq_len, random_offset=False)
     nll, count = evaluate_nll(lm.model, windows, batch_size, lm.device)
-    loss = nll / count
     bytes_per_token = sum(len(d.encode()) for d in documents) / stream.numel()
     return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+        **nll_scores(nll / count, bytes_per_token),
         "tokens_scored": count,
         "seq_len": seq_len,
         "bytes_per_token": bytes_per_token,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 
 from common import config as configs
 from common import run, runtime
-from common.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from common.checkpoint import CheckpointError, load_checkpoint, load_model_state, write_atomically
 from common.loop import Loop, StepHooks, unwrap
 from common.optim import CautiousAdam
 from common.run import RunParts
@@ -32,7 +33,10 @@ from phase2.factory import build_model
 from phase2.tokenizer import build_tokenizer, encode_documents, tokenizer_from_json
 
 KIND = "phase2"
+# The test pass scores the whole split once: in batches of about this many tokens (training's small batches make
+# it slow), fewer where the logits of a batch (tokens x vocabulary, float32) would pass LOGITS_PER_BATCH.
 TEST_BATCH_TOKENS = 16_384
+LOGITS_PER_BATCH = 2**27
 OBJECTIVE = run.Objective(
     keys=("model", "tokenizer", "loop.monitor"),
     ignore=tuple(f"model.overrides.{k}" for k in ("ops_impl", "triton_block_size", "chunk_size")),  # same outputs
@@ -104,22 +108,31 @@ class LanguageModelHooks(StepHooks):
         return self._score("val", self.batch_size, self.eval_batches)
 
     def test(self) -> dict[str, float]:
-        """test/* on the whole test split, once, with the final weights; in batches of about TEST_BATCH_TOKENS
-        tokens (the split is scored whole, and training's small batches would make that slow)."""
-        windows = self.windows["test"]
-        return self._score("test", max(self.batch_size, TEST_BATCH_TOKENS // windows.seq_len), None)
+        """test/* on the whole test split, once, with the final weights (nothing when the split is shorter than
+        one window)."""
+        windows = self.windows.get("test")
+        if windows is None:
+            return {}
+        vocab = unwrap(self.model).config.vocab_size
+        tokens = min(TEST_BATCH_TOKENS, LOGITS_PER_BATCH // vocab)
+        return self._score("test", max(self.batch_size, tokens // windows.seq_len), None)
 
     def _score(self, split: str, batch_size: int, max_batches: int | None) -> dict[str, float]:
         nll, count = evaluate_nll(self.model, self.windows[split], batch_size, self.device, max_batches)
-        loss = nll / count
-        return {
-            f"{split}/loss": loss,
-            f"{split}/perplexity": math.exp(min(loss, 50.0)),
-            f"{split}/bits_per_byte": loss / math.log(2) / self.bytes_per_token[split],
-        }
+        scores = nll_scores(nll / count, self.bytes_per_token[split])
+        return {f"{split}/{k}": v for k, v in scores.items()}
 
     def extra_state(self) -> dict[str, Any]:
         return {"tokenizer_json": self.tokenizer_json}
+
+
+def nll_scores(loss: float, bytes_per_token: float) -> dict[str, float]:
+    """Mean next-token NLL (nats) as loss, perplexity and bits per byte (nats / ln 2 / UTF-8 bytes per token)."""
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+    }
 
 
 def _has_diag(model) -> bool:
@@ -184,17 +197,15 @@ def write_sample(cfg: DictConfig, loop: Loop, folder: Path) -> None:
     after_fit, when it trained to its last step)."""
     if not cfg.sample.tokens or loop.state.global_step < loop.cfg.max_steps:
         return
-    from phase2.generate import Sampling, generate
+    from phase2.generate import generate
     from phase2.inference import LanguageModel
 
     model = unwrap(loop.model).eval()
     device = next(model.parameters()).device
     lm = LanguageModel(model, tokenizer_from_json(loop.hooks.tokenizer_json), cfg.seq_len, {}, loop.state.global_step,
                        device)  # fmt: skip
-    sampling = Sampling(cfg.sample.tokens, cfg.sample.temperature, cfg.sample.top_k, seed=cfg.seed)
-    text = cfg.sample.prompt + "".join(piece for _, piece in generate(lm, [cfg.sample.prompt], sampling))
-    path = folder / "sample.txt"
-    path.write_text(text + "\n")
+    text = cfg.sample.prompt + "".join(piece for _, piece in generate(lm, [cfg.sample.prompt], _sampling(cfg)))
+    path = write_atomically(folder / "sample.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
     loop.logger.log_artifact(path)
     print(f"sample from the final weights ({cfg.sample.tokens} tokens after {cfg.sample.prompt!r}):\n{text}")
 
@@ -204,11 +215,32 @@ def after_fit(cfg: DictConfig, loop: Loop, folder: Path) -> None:
     write_sample(cfg, loop, folder)
 
 
+def _eval_windows(streams: dict[str, torch.Tensor], seq_len: int) -> dict[str, TokenWindows]:
+    """Validation windows (required: they choose best.pt) and test windows, when the test split holds one."""
+    windows = {"val": TokenWindows(streams["val"], seq_len, random_offset=False, name="the validation split")}
+    if streams["test"].numel() >= seq_len + 2:
+        windows["test"] = TokenWindows(streams["test"], seq_len, random_offset=False, name="the test split")
+    elif runtime.is_main_process():
+        print(f"note: the test split has {streams['test'].numel()} tokens, fewer than one window of seq_len="
+              f"{seq_len}: this run ends without test numbers", file=sys.stderr)  # fmt: skip
+    return windows
+
+
+def _sampling(cfg: DictConfig):
+    """The end-of-run sample's settings, checked before training (a bad one must not fail a finished run)."""
+    from phase2.generate import Sampling
+
+    if cfg.sample.tokens and not cfg.sample.prompt:
+        raise ValueError("sample.prompt is empty: give the text the final weights continue, or sample.tokens=0")
+    return Sampling(cfg.sample.tokens or 1, cfg.sample.temperature, cfg.sample.top_k, seed=cfg.seed).validate()
+
+
 def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:
     """Text, tokenizer, the model, its optimizer and the next-token step; common.run.execute does the rest.
 
     A resumed run takes its tokenizer from the checkpoint, so the token ids mean what they meant."""
     configs.require_positive(cfg, "seq_len", "batch_size")
+    _sampling(cfg)
     if resumed is not None and "tokenizer_json" not in resumed:
         raise CheckpointError(f"checkpoint {cfg.resume} holds no tokenizer: not a Phase 2 training checkpoint")
     tokenizer, streams, bytes_per_token = prepare_text(cfg, resumed["tokenizer_json"] if resumed else None)
@@ -219,10 +251,7 @@ def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> 
         LanguageModelHooks,
         device=device,
         precision=cfg.precision,
-        windows={
-            split: TokenWindows(streams[split], cfg.seq_len, random_offset=False, name=f"the {name} split")
-            for split, name in (("val", "validation"), ("test", "test"))
-        },
+        windows=_eval_windows(streams, cfg.seq_len),
         bytes_per_token=bytes_per_token,
         eval_batches=cfg.eval.max_batches,
         batch_size=cfg.batch_size,

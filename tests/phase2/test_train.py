@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.checkpoint import load_checkpoint
 from common.config import compose
@@ -96,3 +97,25 @@ def test_resume_continues_the_same_curve(tmp_path):
     assert len(a) == len(b) == 6 and max(abs(x - y) for x, y in zip(a, b)) < 1e-5
     ckpt = load_checkpoint(tmp_path / "again" / "last.pt", kind="phase2")
     assert json.loads(ckpt["tokenizer_json"])["kind"] == "bytes"  # the checkpoint carries its tokenizer
+
+
+def test_a_test_split_shorter_than_a_window_gives_no_test_numbers(capsys):
+    import torch
+
+    from phase2.train import _eval_windows
+
+    windows = _eval_windows({"val": torch.arange(100), "test": torch.arange(10)}, 32)
+    assert set(windows) == {"val"}
+    assert "the test split has 10 tokens, fewer than one window of seq_len=32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("sample.prompt=''", "sample.prompt is empty"), ("sample.temperature=0", "temperature=0 must be > 0")],
+)
+def test_a_bad_sample_setting_is_refused_before_training(override, message, tmp_path):
+    from phase2.train import build_parts
+
+    cfg = compose("phase2", [*FAST, "logger=none", override, f"checkpoint.dir={tmp_path}"])
+    with pytest.raises(ValueError, match=message):
+        build_parts(cfg, torch.device("cpu"), None)
