@@ -165,16 +165,16 @@ demo-weights: $(STAMP) ## Train the demo's starting weights and release them int
 DEMO_PROMPT ?= The history of
 demo: $(STAMP) ## The main job: released weights fine-tuned (Phase 1 Adam vs Balanced, Phase 2), a short sweep, the report
 	$(PY) -m common.release weights --check
-	@echo "== Phase 1: the released tiny codec fine-tuned with Adam and with Balanced at four lambdas"
+	@echo "== Phase 1: the released tiny codec fine-tuned with Adam and with Balanced at four lambdas, two at a time"
 	$(PY) -m phase1.train -m experiment=demo
 	@echo "== Phase 2: the released language model on the test split, a paragraph, its diagnostics, a short fine-tune"
-	$(PY) -m phase2.evaluate weights/phase2_debug_bytes.pt builtin --split test
-	$(PY) -m phase2.generate weights/phase2_debug_bytes.pt --prompt "$(DEMO_PROMPT)" --max-new-tokens 300 \
+	$(PY) -m phase2.evaluate weights/phase2_debug_bytes.pt builtin --split test --batch-size 64
+	$(PY) -m phase2.generate weights/phase2_debug_bytes.pt --prompt "$(DEMO_PROMPT)" --max-new-tokens 240 \
 	  --temperature 0.8 --top-k 40
 	$(PY) -m phase2.diagnostics weights/phase2_debug_bytes.pt --out outputs/demo/diagnostics
 	$(PY) -m phase2.train experiment=demo
-	@echo "== Balanced sweep: four more trials of its gamma x w_lr grid (demo size)"
-	$(PY) -m sweeps.run balanced --size demo --trials 4
+	@echo "== Balanced sweep: four more trials of its gamma x w_lr grid (demo size, two workers)"
+	$(PY) -m sweeps.run balanced --size demo --trials 4 --workers 2
 	@echo "== Report"
 	$(PY) -m reports.build
 	@echo "Open the report: reports/out/all/index.html    Browse every run: make mlflow-ui"

@@ -108,6 +108,8 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
     plain = configs.to_plain(cfg)
     dist = runtime.init_distributed()
     try:
+        if cfg.get("cpu_threads"):  # jobs sharing a CPU run best with one thread each
+            torch.set_num_threads(int(cfg.cpu_threads))
         runtime.seed_everything(cfg.seed + dist.rank)
         device = runtime.pick_device(cfg.device)
         resume_from = resolve_resume(cfg.resume)

@@ -19,6 +19,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -605,7 +606,9 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
         if len(complete) >= 3 and len(study.best_params) > 1:
             importance = optuna.importance.get_param_importances(study)
             report.table(pd.DataFrame({"parameter": list(importance), "importance": list(importance.values())}))
-            plot_param_importances(study)
+            with warnings.catch_warnings():  # Optuna marks this plot experimental on every call: nothing to act on
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                plot_param_importances(study)
             plt.gcf().set_size_inches(6, 3)
             plt.tight_layout()
             plt.savefig(report.folder / f"{name}_importance.png", dpi=110)

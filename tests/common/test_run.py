@@ -195,3 +195,14 @@ def test_closing_lines_give_the_numbers_by_split_and_where_the_run_is():
     )
     untracked = closing_lines({**summary, "mlflow_run_id": None, "interrupted": 1.0})
     assert untracked[0].startswith("stopped at step 2000") and not any("mlflow" in line for line in untracked)
+
+
+def test_cpu_threads_sets_the_threads_a_run_computes_with(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    run.execute(toy_config(tmp_path, "default"), "toy", ToyPhase().build)
+    assert asked == []  # null: torch's own default is left alone
+    cfg = toy_config(tmp_path, "one")
+    cfg.cpu_threads = 1
+    run.execute(cfg, "toy", ToyPhase().build)
+    assert asked == [1]
