@@ -178,3 +178,25 @@ def test_system_metrics_auto_is_on_for_cuda_runs_that_can_sample_the_gpu(monkeyp
     assert not tracking.wants_system_metrics("auto", "cuda")  # without nvidia-ml-py MLflow sees no GPU
     with pytest.raises(ValueError, match="logger.system_metrics='sometimes' is not one of: auto, true, false"):
         tracking.wants_system_metrics("sometimes", "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_cuda_training_run_logs_gpu_use_and_memory_by_default(mlflow_store, monkeypatch, tmp_path):
+    """`logger.system_metrics: auto` on a CUDA run: MLflow samples the GPU (nvidia-ml-py) into system/gpu_0_*."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from mlflow.tracking import MlflowClient
+
+    from common.config import compose
+    from phase2.train import train
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow samples every 10 s by default
+    overrides = ["model=debug", "device=cuda", "loop.max_steps=1500", "loop.eval_every=0", "loop.progress=false"]
+    summary = train(compose("phase2", [*overrides, f"paths.output_root={tmp_path}", "logger.experiment=gpu-metrics"]))
+    client = MlflowClient(mlflow_store)
+    for name in ("system/gpu_0_utilization_percentage", "system/gpu_0_memory_usage_megabytes"):
+        history = client.get_metric_history(summary["mlflow_run_id"], name)
+        assert history and all(m.value >= 0 for m in history), name
