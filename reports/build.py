@@ -17,6 +17,7 @@ import ast
 import html
 import json
 import math
+import os
 import re
 import sys
 import warnings
@@ -363,10 +364,10 @@ def rd_curves(runs: pd.DataFrame) -> dict[str, dict[str, list[dict]]]:
 def _describe(points: pd.DataFrame) -> str:
     """What the points of a comparable set share (the keys of SAME_IN_A_SET), read off its first run."""
     v = {key: _value(_first(points, *columns).iloc[0]) for key, columns in SAME_IN_A_SET.items()}
-    return (
-        f"model {v['model']}, {v['loop.max_steps']} steps, test set {v['data.source']} (root {v['data.root']}, "
-        f"eval.max_images {v['eval.max_images']}, {v['test/images']} images)"
-    )
+    unset = {None, "None", "null", ""}
+    where = [f"{key} {v[key]}" for key in ("data.root", "eval.max_images") if v[key] not in unset]
+    where.append(f"{v['test/images']} images")
+    return f"model {v['model']}, {v['loop.max_steps']} steps, test set {v['data.source']} ({', '.join(where)})"
 
 
 def rd_section(report: Report, sets: dict[str, RDSet]) -> None:
@@ -596,7 +597,7 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
         plt = _pyplot()
         from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
-        plot_optimization_history(study)
+        _draw_quietly(plot_optimization_history, study)
         plt.gcf().set_size_inches(6, 3.6)
         plt.tight_layout()
         plt.savefig(report.folder / f"{name}_history.png", dpi=110)
@@ -606,9 +607,7 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
         if len(complete) >= 3 and len(study.best_params) > 1:
             importance = optuna.importance.get_param_importances(study)
             report.table(pd.DataFrame({"parameter": list(importance), "importance": list(importance.values())}))
-            with warnings.catch_warnings():  # Optuna marks this plot experimental on every call: nothing to act on
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                plot_param_importances(study)
+            _draw_quietly(plot_param_importances, study)
             plt.gcf().set_size_inches(6, 3)
             plt.tight_layout()
             plt.savefig(report.folder / f"{name}_importance.png", dpi=110)
@@ -616,6 +615,14 @@ def optuna_plots(report: Report, name: str, storage: str | None) -> None:
             report.figure(f"{name}_importance.png", f"Parameter importance in {name} (fANOVA)")
         return
     report.text(f"(no Optuna storage holding study {name} was found; pass --storage)")
+
+
+def _draw_quietly(plot, study) -> None:
+    import optuna
+
+    with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental on every call: nothing to act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        plot(study)
 
 
 def phase2_section(report: Report, runs: pd.DataFrame) -> None:
@@ -800,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study")
     parser.add_argument("--storage", help="Optuna storage URL for study plots (default: the sweep defaults)")
     args = parser.parse_args(argv)
+    # the report reads a few small artifacts per run: MLflow's progress bar for each would bury the report's line
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     def body() -> None:
         path = build(args.experiment, args.study, args.storage)
