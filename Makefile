@@ -28,7 +28,7 @@ DASHBOARD_PORT := $(if $(filter file,$(origin PORT)),8080,$(PORT))
 
 .PHONY: help install test test-deps test-fast lint format clean demo mlflow-ui train-phase1 train-phase2 \
         sweep-balanced optuna-dashboard report data-kodak browser postgres slurm mlflow-server bench-optim bench-bk-core bench-hpcm bench-hebbian bench-gate-scan bench-tracking \
-        bench-phase1-rd bench-phase1-mps bench-phase2-lm demo-weights
+        bench-phase1-rd bench-phase1-mps bench-phase2-lm bench-demo demo-weights
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -120,6 +120,9 @@ mlflow-server: $(STAMP) ## MLflow server on PostgreSQL (BACKEND=postgresql://...
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --backend-store-uri "$$backend" \
 	  --artifacts-destination "$(CURDIR)/mlartifacts" --serve-artifacts --host $(HOST) --port $(PORT)
 
+bench-demo: $(STAMP) ## make install and make demo timed on a fresh clone of HEAD, with what the demo found (~9 min on 2 cores)
+	$(PY) benchmarks/bench_demo.py --out benchmarks/results/demo.json
+
 bench-tracking: $(STAMP) ## Cost of MLflow logging relative to a training step (CPU)
 	$(PY) benchmarks/bench_tracking.py --out benchmarks/results/tracking.json
 
@@ -153,7 +156,7 @@ bench-phase2-lm: $(STAMP) ## Phase 2 small vs a same-size Transformer: bits/byte
 # and released into weights/ with a manifest. Interrupted, it resumes; run again after a finished one, it only
 # releases again.
 DEMO_RUNS ?= outputs/demo_weights
-demo-weights: $(STAMP) ## Train the demo's starting weights and release them into weights/ (GPU: minutes; 2 CPU cores: ~75 min)
+demo-weights: $(STAMP) ## Train the demo's starting weights and release them into weights/ (2 CPU cores: about 2 h 15 min)
 	$(PY) -m phase1.train experiment=demo_weights hydra.run.dir=$(DEMO_RUNS)/phase1 logger.run_name=demo-weights-phase1 \
 	  $(if $(wildcard $(DEMO_RUNS)/phase1/checkpoints/last.pt),resume=$(DEMO_RUNS)/phase1)
 	$(PY) -m phase2.train experiment=demo_weights hydra.run.dir=$(DEMO_RUNS)/phase2 logger.run_name=demo-weights-phase2 \
