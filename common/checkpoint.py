@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 import zipfile
 import zlib
@@ -106,8 +107,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
     either the old file or the new one, never a torn one; a full disk is a DiskFullError. The folder is made
     if need be."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give a file path to write", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
+    except PermissionError:
+        why = f"{path} cannot be written: no permission to write in {path.parent}"
+        raise PermissionError(errno.EACCES, why) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a team
     try:
@@ -271,17 +278,50 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+CLAIM_FILE = ".claimed"  # holds an advisory lock while a run writes the folder
+
+
+def _claim_folder(folder: Path) -> int | None:
+    """Lock `folder` for this process, so two runs started together never write one folder: the check for
+    another run's checkpoints (check_unclaimed) cannot see a run that has not saved yet."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no advisory locks
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / CLAIM_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise OutputPathError(
+            f"checkpoint.dir={folder} is being written by a running run ({holder}): choose another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    return fd
+
+
 class CheckpointManager:
     """Keeps `step_XXXXXXXX.pt` files (the last `keep_last`), plus `last.pt` and `best.pt`.
 
     `last.pt`/`best.pt` are hard links to a step file when the filesystem allows (no second copy on disk),
     replaced atomically, so a reader always finds a complete file."""
 
-    def __init__(self, folder: str | os.PathLike, keep_last: int = 3):
+    def __init__(self, folder: str | os.PathLike, keep_last: int = 3, claim: bool = False):
         if keep_last < 1:
-            raise ValueError(f"keep_last={keep_last} must be >= 1")
+            raise ValueError(f"checkpoint.keep_last={keep_last} must be >= 1")
         self.folder = check_folder(folder, "checkpoint.dir")  # now, not at the first save hours later
         self.keep_last = keep_last
+        self._claim = _claim_folder(self.folder) if claim else None
+
+    def release(self) -> None:
+        """Let another run write here (the OS also lets go when the process ends, however it ends)."""
+        if self._claim is not None:
+            (self.folder / CLAIM_FILE).unlink(missing_ok=True)
+            os.close(self._claim)
+            self._claim = None
 
     @property
     def last(self) -> Path:

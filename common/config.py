@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 import tempfile
@@ -117,7 +118,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         UserError,
         CheckpointError,
         DiskFullError,
-        FileNotFoundError,
+        OSError,  # paths and permissions: a folder given for a file, a read-only folder, a missing file
         ValueError,
         HydraException,
         OmegaConfBaseException,
@@ -150,21 +151,77 @@ def check_overrides(name: str, overrides: Sequence[str]) -> DictConfig:
             start = header + 1
             known = [ln for ln in lines[start:] if not ln.startswith(("Config search path", "provider="))]
             message += f" (available: {', '.join(known)})"
-        elif len(lines) > 1 and lines[0].startswith("Could not override"):
-            message += " " + lines[1]  # Hydra's hint, e.g. "To append to your config use +foo=1"
+        elif lines[0].startswith("Could not override"):  # not Hydra's hint (+key=...): a new key nothing reads
+            unknown = lines[0].split("'")[1] if lines[0].count("'") >= 2 else ""
+            message = f"{message.rstrip('.')}: no such key{_closest_key(compose(name, []), unknown)}"
         raise UserError(message) from None
     keys = [override.partition("=")[0] for override in overrides]
     selections = [o for o, key in zip(overrides, keys) if _is_group_selection(name, key.lstrip("+~"))]
     defaults = compose(name, selections)
     for override, key in zip(overrides, keys):
-        if override in selections or key.startswith("~") or (key.startswith("+") and not key.startswith("++")):
-            continue  # a group, a deletion, or a new key
+        if key.startswith("~") and override not in selections and not key.startswith("~hydra."):
+            raise UserError(f"{override} removes {key[1:]}, which the run reads: set it instead ({key[1:]}=...)")
+        if override in selections or key.startswith("~"):
+            continue  # a group or Hydra's own setting
+        if key.startswith("+") and not key.startswith("++"):
+            _check_new_key(defaults, override, key[1:])
+            continue
         key = key.lstrip("+")
         before = OmegaConf.select(defaults, key, default=None)
         if before is None or OmegaConf.is_config(before):
             continue  # a null default, or a whole node
         _check_type(key, before, OmegaConf.select(cfg, key))
     return cfg
+
+
+def check_sweep_overrides(name: str, overrides: Sequence[str]) -> None:
+    """check_overrides for a multirun's command line: every value of every sweep (lmbda=0.1,abc) is checked,
+    each beside the first value of the others. Interval sweeps are a sweeper's to sample and are left alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    values: list[list[str]] = []  # per override, the single overrides it stands for
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            values.append([override.input_line])
+            continue
+        try:
+            values.append([f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()])
+        except HydraException:  # an interval or glob sweep: the sweeper's to expand, not enumerable here
+            continue
+    first = [options[0] for options in values]
+    check_overrides(name, first)
+    for i, options in enumerate(values):
+        for option in options[1:]:
+            check_overrides(name, [*first[:i], option, *first[i + 1 :]])
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    if not OmegaConf.is_dict(node):
+        return [prefix] if prefix else []
+    found = [prefix] if prefix else []
+    for key in node.keys():
+        found += _dotted_keys(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    return found
+
+
+def _closest_key(cfg: DictConfig, key: str) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(key, _dotted_keys(cfg), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def _check_new_key(defaults: DictConfig, override: str, key: str) -> None:
+    """`+key=value` adds a key. Only a free-form mapping (logger.tags, model.overrides: empty by default) or
+    Hydra's own settings take new keys; anywhere else nothing reads it, and a typo would be trained past."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(defaults, parent, default=None) if parent else defaults
+    if key.startswith("hydra.") or OmegaConf.select(defaults, key, default=None) is not None:
+        return
+    if parent and OmegaConf.is_dict(node) and len(node) == 0:
+        return
+    raise UserError(f"{override} adds a key that nothing reads{_closest_key(defaults, key)}")
 
 
 def positive_int(text: str) -> int:
@@ -198,6 +255,8 @@ def _check_type(key: str, default: Any, value: Any) -> None:
         raise UserError(f"{key}={value!r} must be true or false")
     if number(default) and not number(value):
         raise UserError(f"{key}={value!r} must be a number (default {default!r})")
+    if number(value) and not math.isfinite(value) and math.isfinite(default):
+        raise UserError(f"{key}={value!r} must be a finite number (default {default!r})")
     if (
         isinstance(default, int)
         and not isinstance(default, bool)
@@ -226,6 +285,8 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
                     result = fn(cfg)
                 except _user_error_types() as err:
                     _exit_with(err)
+                except KeyboardInterrupt:  # the steps checkpoint on Ctrl-C; this is one before or after them
+                    _interrupted()
                 if isinstance(result, dict) and "global_step" in result and os.environ.get("RANK", "0") == "0":
                     from common.run_summary import closing_lines
 
@@ -250,10 +311,9 @@ def main(name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None
             if len(modes) > 1:  # Hydra itself answers with a traceback
                 _exit_with(UserError(f"{' and '.join(modes)} do not go together: give one of them"))
             _check_run_folder(args.overrides)
-            # a multirun's overrides are sweeps (lmbda=0.1,0.2) and another primary config has other keys
-            if not (args.multirun or args.config_name or args.config_path or args.config_dir):
+            if not (args.config_name or args.config_path or args.config_dir):  # another primary has other keys
                 try:
-                    check_overrides(name, args.overrides)
+                    (check_sweep_overrides if args.multirun else check_overrides)(name, args.overrides)
                 except _user_error_types() as err:
                     _exit_with(err)
             hydra_entry()
@@ -315,8 +375,15 @@ def _check_run_folder(overrides: Sequence[str]) -> None:
         if override.startswith("hydra.run.dir="):
             folder = override.split("=", 1)[1]
             try:
+                if not folder.strip():  # an unset shell variable: the run would write into the current folder
+                    raise OutputPathError("hydra.run.dir is empty: give the run's folder")
                 check_folder(folder, "hydra.run.dir")
                 check_unclaimed(folder, "hydra.run.dir", resume)
+                if resume is None and (Path(folder) / "config.yaml").exists():
+                    raise OutputPathError(
+                        f"hydra.run.dir={folder} holds a config.yaml already (another run's?): choose a new folder, "
+                        "or resume=<that folder> to continue the run it belongs to"
+                    )
             except OutputPathError as err:
                 _exit_with(err)
 
@@ -332,6 +399,11 @@ def _exit_with(err: BaseException) -> None:
     sys.exit(2)
 
 
+def _interrupted() -> None:
+    print("interrupted (Ctrl-C): files already written are kept", file=sys.stderr)
+    sys.exit(130)  # 128 + SIGINT, as a shell reports it
+
+
 def run_guarded(body: Callable[[], Any]) -> int:
     """For argparse CLIs (evaluate, generate, ...): run `body`; bad input -> `error: <one line>`, status 2."""
     try:
@@ -339,4 +411,6 @@ def run_guarded(body: Callable[[], Any]) -> int:
     except _user_error_types() as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        _interrupted()
     return 0

@@ -331,6 +331,9 @@ class Loop:
         if is_best:
             self.state.best_val_loss = float(value)
         self.save(is_best=is_best)
+        if metrics and value is None:  # a typo would leave the run without best.pt, silently
+            known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+            raise ValueError(f"loop.monitor={self.cfg.monitor} is not a metric the evaluation reports ({known})")
         return metrics
 
 
@@ -357,7 +360,7 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
     for key, least in (("max_steps", 1), ("log_every", 1), ("eval_every", 0), ("ckpt_every", 0),
                        ("max_nonfinite_in_row", 1), ("clip_grad_norm", 0)):  # fmt: skip
         value = getattr(cfg, key)
-        if value < least:
+        if not value >= least:  # NaN too, which every comparison fails
             why = f"it must be >= {least}" + (" (a run of no steps would do nothing)" if key == "max_steps" else "")
             raise ValueError(f"loop.{key}={value}: {why}" + ("; 0 turns it off" if least == 0 else ""))
     if cfg.monitor.startswith("test/"):

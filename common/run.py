@@ -13,6 +13,7 @@ mean the same in every phase. A phase's `train(cfg)` is its build function and o
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import sys
@@ -105,9 +106,13 @@ def execute(
 
 def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
     loop_cfg = loop_config(cfg.loop)  # a bad loop option or a missing value is refused before anything is created
+    lr = cfg.get("optim", {}).get("lr", 1.0)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):  # 0 would train nothing, and exit 0
+        raise configs.UserError(f"optim.lr={lr!r} must be a number > 0")
     plain = configs.to_plain(cfg)
     dist = runtime.init_distributed()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(runtime.shutdown_distributed)
         if cfg.get("cpu_threads"):  # jobs sharing a CPU run best with one thread each
             torch.set_num_threads(int(cfg.cpu_threads))
         runtime.seed_everything(cfg.seed + dist.rank)
@@ -124,16 +129,17 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
         hooks = parts.hooks(model, parts.optimizer)
         scheduler = _schedule(cfg, parts)
         batches = _batches(cfg, parts, dist)
-        # created only now: a mistake found while building leaves no tracking run behind
+        folder = configs.run_dir(cfg)
+        checkpoints = CheckpointManager(  # the folder is claimed for this run until it ends
+            cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last, claim=dist.is_main
+        )
+        stack.callback(checkpoints.release)
+        tags = {"phase": kind, **parts.tags, "run_dir": folder, "device": runtime.device_name(device)}
+        if cfg.get("init_from"):  # which weights exactly: a file of that name may be replaced later
+            tags["init_from_sha256"] = sha256(cfg.init_from)
+        # created last: a mistake found while building leaves no tracking run behind (nor reopens a finished one)
         run_id = (resumed or {}).get("mlflow_run_id") or None
         logger = create_logger(cfg.logger, run_id=run_id, is_main=dist.is_main, device_type=device.type)
-        if changes:  # MLflow keeps a param's first value: the new values go on the run as tags
-            step = resumed.get("global_step", 0)
-            logger.set_tags(
-                {f"resume_changed.{k}": f"{old} -> {new} (at step {step})" for k, (old, new) in changes.items()}
-            )
-        folder = configs.run_dir(cfg)
-        checkpoints = CheckpointManager(cfg.checkpoint.dir or folder / "checkpoints", cfg.checkpoint.keep_last)
         loop = Loop(
             loop_cfg,
             hooks,
@@ -146,20 +152,23 @@ def _execute(cfg, kind, build, on_log, objective) -> dict[str, Any]:
             is_main=dist.is_main,
             on_log=on_log,
         )
-        tags = {"phase": kind, **parts.tags, "run_dir": folder, "device": runtime.device_name(device)}
-        if cfg.get("init_from"):  # which weights exactly: a file of that name may be replaced later
-            tags["init_from_sha256"] = sha256(cfg.init_from)
+        if changes:  # MLflow keeps a param's first value: the new values go on the run as tags
+            step = resumed.get("global_step", 0)
+            logger.set_tags(
+                {f"resume_changed.{k}": f"{old} -> {new} (at step {step})" for k, (old, new) in changes.items()}
+            )
         summary = loop.fit(resumed, tags=tags, run_dir=folder, resumed_from=str(resume_from))
-    finally:
-        runtime.shutdown_distributed()
     if dist.is_main and parts.after_fit is not None:
         parts.after_fit(loop, folder)
-    return {**summary, **_where(folder, checkpoints, logger)}
+    return {**summary, **_where(folder, checkpoints, logger, resume_from)}
 
 
-def _where(folder: Path, checkpoints: CheckpointManager, logger) -> dict[str, str]:
+def _where(folder: Path, checkpoints: CheckpointManager, logger, resume_from: Path | None) -> dict[str, str]:
     """Where the run left its files and its tracking run, for the CLI's closing lines and a sweep's trial."""
-    where = {"run_dir": str(folder), "checkpoint_dir": str(checkpoints.folder)}
+    kept = checkpoints.folder
+    if checkpoints.latest() is None and resume_from is not None:  # a finished run resumed: it wrote nothing new
+        kept = Path(resume_from).parent
+    where = {"run_dir": str(folder), "checkpoint_dir": str(kept)}
     if logger.run_id:
         where.update(mlflow_run_id=logger.run_id, mlflow_experiment_id=logger.experiment_id,
                      tracking_uri=logger.tracking_uri)  # fmt: skip

@@ -27,9 +27,15 @@ def pick_device(preference: str = "auto") -> torch.device:
     try:
         device = torch.device(preference)
     except RuntimeError:
-        raise ValueError(f"device={preference!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: nothing here runs on them
+        raise ValueError(f"device={preference!r} is not a device: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={preference!r} was requested but CUDA is not available; use device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={preference!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={preference!r} was requested but this PyTorch has no MPS (Apple GPU) support")
     return device
 
 

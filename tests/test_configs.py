@@ -95,3 +95,39 @@ def test_slurm_launcher_config_composes(phase):
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+
+
+def test_new_keys_are_taken_only_where_something_reads_them():
+    from common.config import UserError, check_overrides
+
+    with pytest.raises(UserError, match=r"\+lamda=0.05 adds a key that nothing reads \(did you mean lmbda\?\)"):
+        check_overrides("phase1", ["+lamda=0.05"])
+    with pytest.raises(UserError, match=r"Could not override 'lamda': no such key \(did you mean lmbda\?\)"):
+        check_overrides("phase1", ["lamda=0.05"])
+    cfg = check_overrides("phase2", ["+model.overrides.d_model=64", "+logger.tags.owner=me"])  # free-form mappings
+    assert cfg.model.overrides.d_model == 64 and cfg.logger.tags.owner == "me"
+    with pytest.raises(UserError, match="optim.lr=inf must be a finite number"):
+        check_overrides("phase1", ["optim.lr=inf"])
+    with pytest.raises(UserError, match=r"~lmbda removes lmbda, which the run reads: set it instead"):
+        check_overrides("phase1", ["~lmbda"])
+
+
+def test_every_value_of_a_multirun_sweep_is_checked():
+    from common.config import UserError, check_sweep_overrides
+
+    check_sweep_overrides("phase1", ["optim=adam,balanced", "lmbda=0.001,0.01", "optim.lr=interval(1e-5,1e-3)"])
+    with pytest.raises(UserError, match="lmbda='abc' must be a number"):
+        check_sweep_overrides("phase1", ["optim=adam,balanced", "lmbda=0.001,abc"])
+    with pytest.raises(UserError, match="optim.gamma"):  # a key of one option only, with the other chosen first
+        check_sweep_overrides("phase1", ["optim=adam,balanced", "optim.gamma=0.003"])
+
+
+def test_ctrl_c_outside_the_training_steps_exits_130_without_a_traceback(capsys):
+    from common.config import run_guarded
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run_guarded(interrupted)
+    assert stop.value.code == 130 and "interrupted (Ctrl-C)" in capsys.readouterr().err

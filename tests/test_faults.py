@@ -487,7 +487,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, sm
     text.write_text(builtin_articles()[0] * 4)
 
     def train(ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
-        command = _lm_command(text, ckpt, tmp_path / "run", "loop.ckpt_every=1", *extra)
+        command = _lm_command(text, ckpt, tmp_path / f"run-{ckpt.name}", "loop.ckpt_every=1", *extra)
         return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
     probe = train(tmp_path / "probe", "loop.max_steps=1")

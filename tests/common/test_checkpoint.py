@@ -170,3 +170,17 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # readable by the team, like any file the user writes
+
+
+def test_a_folder_is_claimed_by_one_manager_at_a_time(tmp_path):
+    """Two runs started together both find the folder empty; the second to claim it is refused at once."""
+    from common.checkpoint import CLAIM_FILE, OutputPathError
+
+    first = CheckpointManager(tmp_path / "ckpt", claim=True)
+    with pytest.raises(OutputPathError, match=r"checkpoint.dir=.*ckpt is being written by a running run \(pid \d+"):
+        CheckpointManager(tmp_path / "ckpt", claim=True)
+    first.release()
+    assert not (tmp_path / "ckpt" / CLAIM_FILE).exists()
+    CheckpointManager(tmp_path / "ckpt", claim=True).release()  # free again once released
+    with pytest.raises(ValueError, match="checkpoint.keep_last=0 must be >= 1"):
+        CheckpointManager(tmp_path / "other", keep_last=0)

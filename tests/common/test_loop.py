@@ -163,7 +163,8 @@ def test_a_scalar_of_some_steps_is_averaged_over_those_steps(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("max_steps", 0), ("max_steps", -5), ("log_every", 0), ("eval_every", -1),
-                                        ("ckpt_every", -1), ("max_nonfinite_in_row", 0)])  # fmt: skip
+                                        ("ckpt_every", -1), ("max_nonfinite_in_row", 0),
+                                        ("clip_grad_norm", float("nan"))])  # fmt: skip
 def test_non_positive_sizes_and_intervals_are_refused_naming_the_key(key, value):
     from common.loop import loop_config
 
@@ -199,3 +200,11 @@ def test_a_resumed_run_writes_its_config_only_into_a_folder_without_one(tmp_path
         again.fit(checkpoint, run_dir=tmp_path / folder)
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text()) == {"lr": 0.01}
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text()) == {"lr": 0.02}
+
+
+def test_a_monitor_the_evaluation_does_not_report_stops_the_run_at_its_first_evaluation(tmp_path):
+    loop, _ = _make(tmp_path, max_steps=8)
+    loop.cfg.monitor = "val/lss"
+    with pytest.raises(ValueError, match=r"loop.monitor=val/lss is not a metric the evaluation reports \(val/loss"):
+        loop.run()
+    assert loop.state.global_step == 4 and (tmp_path / "ckpt" / "last.pt").is_file()  # the steps so far are kept

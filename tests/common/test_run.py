@@ -206,3 +206,28 @@ def test_cpu_threads_sets_the_threads_a_run_computes_with(tmp_path, monkeypatch)
     cfg.cpu_threads = 1
     run.execute(cfg, "toy", ToyPhase().build)
     assert asked == [1]
+
+
+def test_a_run_refused_while_building_leaves_its_tracking_run_as_it_was(tmp_path, mlflow_store):
+    """Resuming a finished, tracked run with a bad checkpoint setting: refused before the MLflow run is reopened,
+    so the finished run stays FINISHED (and a new run leaves no RUNNING run behind)."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = toy_config(tmp_path, "ckpt")
+    cfg.logger = {"backend": "mlflow", "experiment": "toy"}
+    run.execute(cfg, "toy", ToyPhase().build)
+    resumed = cfg.copy()
+    resumed.resume, resumed.checkpoint = str(tmp_path / "ckpt" / "last.pt"), {"dir": None, "keep_last": 0}
+    with pytest.raises(ValueError, match="checkpoint.keep_last=0 must be >= 1"):
+        run.execute(resumed, "toy", ToyPhase().build)
+    statuses = [r.info.status for r in MlflowClient(mlflow_store).search_runs(["1"])]
+    assert statuses == ["FINISHED"]
+
+
+def test_a_zero_learning_rate_is_refused_before_anything_is_built(tmp_path):
+    phase = ToyPhase()
+    cfg = toy_config(tmp_path, "ckpt")
+    cfg.optim.lr = 0.0
+    with pytest.raises(run.configs.UserError, match=r"optim.lr=0.0 must be a number > 0"):
+        run.execute(cfg, "toy", phase.build)
+    assert phase.resumed == []
