@@ -118,6 +118,8 @@ def _objective(config: dict[str, Any]) -> dict[str, Any]:
 def release(out: Path, run_dirs: list[Path]) -> Path:
     """Release each run into `out` and record it in out/manifest.json (entries of other files are kept). Every run
     is checked first: a run that cannot be released leaves the folder as it was."""
+    if out.exists() and not out.is_dir():
+        raise ReleaseError(f"{out} is a file: give the folder the weights go to")
     candidates = [candidate(run_dir) for run_dir in run_dirs]
     names = [c.name for c in candidates]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -149,6 +151,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def check(folder: Path, names: list[str] | None = None) -> dict[str, Any]:
     """Every file the manifest lists (or those of `names`) is there with its sha256; returns the manifest."""
     manifest = read_manifest(folder)
+    if not manifest["files"]:  # a check would check nothing and pass
+        raise ReleaseError(f"{folder / MANIFEST} lists no files: rebuild the weights with `{REBUILD}`")
     for name in names or sorted(manifest["files"]):
         entry, path = manifest["files"].get(name), folder / name
         if entry is None:

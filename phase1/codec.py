@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import CheckpointError, tensor_records, write_atomically
+from common.runtime import pick_device
 from phase1.data import UnsupportedImageError, read_rgb
 from phase1.hpcm import HPCM, canonical_name
 from phase1.weights import load_codec
@@ -141,8 +142,15 @@ def write_atomic(path: str | Path, write) -> None:
 # ---------------------------------------------------------------------- encode / decode
 
 
+def check_codable(h: int, w: int, where: str = "the image") -> None:
+    """The header holds each side in 16 bits (1 to 65,536): a larger image would give a file nothing decodes."""
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise CodecError(f"{where} is {w}x{h}: each side must be 1 to {MAX_SIDE} pixels to be coded")
+
+
 def encode(model: HPCM, x: torch.Tensor, flags: int = 0, model_name: str | None = None) -> bytes:
     """(1, 3, H, W) image in [0, 1] -> file bytes."""
+    check_codable(*x.shape[2:])
     dev = model.scales_hyper.device
     out = model.compress(x.to(dev))
     (y_stream,), (z_stream,) = out["strings"]
@@ -174,14 +182,6 @@ def decode(model: HPCM, data: bytes, where: str = "input") -> torch.Tensor:
     return out["x_hat"]
 
 
-def _device(arg: str) -> str:
-    if arg == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if arg.startswith("cuda") and not torch.cuda.is_available():
-        raise CodecError(f"--device {arg}: no CUDA device here; use --device cpu")
-    return arg
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m phase1.codec", description="HPCM image codec")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -195,9 +195,12 @@ def main(argv=None) -> int:
     args = p.parse_args(None if argv is None else [str(a) for a in argv])
     try:
         return _run(args)
-    except (CodecError, CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (CodecError, CheckpointError, ValueError, OSError) as err:  # OSError: paths, permissions, full disk
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2  # the user's input, as for every command of the project
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 def _run(args) -> int:
@@ -208,9 +211,10 @@ def _run(args) -> int:
         raise CodecError(f"output {target} is the checkpoint: writing it would destroy the weights")
     if Path(source).is_dir():
         raise CodecError(f"input {source} is a folder, not a file")
-    device = _device(args.device)
+    device = pick_device(args.device)
     if args.cmd == "encode":
         x, flags = read_image(args.image)
+        check_codable(*x.shape[2:], where=f"input {args.image}")
         model, _ = load_codec(args.checkpoint, args.model, device)
         t = time.perf_counter()
         data = encode(model, x, flags)
@@ -241,7 +245,16 @@ def _save_image(path, x_hat):
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise CodecError(f"output {path}: unknown image extension; use .png")
-    write_atomic(path, lambda tmp: Image.fromarray(arr).save(tmp, format=fmt))
+
+    def save(tmp: str) -> None:
+        try:
+            Image.fromarray(arr).save(tmp, format=fmt)
+        except (OSError, ValueError) as err:
+            if getattr(err, "errno", None) is not None:  # the file system's (full disk, permissions): not the format's
+                raise
+            raise CodecError(f"output {path}: {fmt} cannot hold an RGB image ({err}); use .png") from None
+
+    write_atomic(path, save)
 
 
 if __name__ == "__main__":

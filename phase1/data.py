@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -92,12 +92,21 @@ class RGBImage:
     pixels: torch.Tensor  # (3, H, W) float in [0, 1]
     gray: bool  # the file was grayscale (its three channels are equal)
     alpha: bool  # the file had an alpha channel (dropped)
+    frames: int = 1  # an animation's frame count: only the first is read
+    rotated: bool = False  # turned upright by its EXIF orientation, as viewers show it
 
     @property
     def note(self) -> str | None:
+        notes = []
         if self.alpha:
-            return "has an alpha channel; it is dropped (only RGB is coded)"
-        return "is grayscale; coded as RGB with three equal channels" if self.gray else None
+            notes.append("has an alpha channel; it is dropped (only RGB is coded)")
+        elif self.gray:
+            notes.append("is grayscale; coded as RGB with three equal channels")
+        if self.frames > 1:
+            notes.append(f"has {self.frames} frames; only the first is coded")
+        if self.rotated:
+            notes.append("is turned upright by its EXIF orientation, as image viewers show it")
+        return "; ".join(notes) or None
 
 
 def read_rgb(path: str | Path) -> RGBImage:
@@ -110,15 +119,18 @@ def read_rgb(path: str | Path) -> RGBImage:
         with Image.open(path) as img:
             _refuse_unsupported(img, path)  # before load(): it empties img.tile, where 16-bit RGB shows
             img.load()
+            frames = getattr(img, "n_frames", 1)
             gray = img.mode in ("1", "L", "LA")
             alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            rotated = img.getexif().get(0x0112, 1) not in (0, 1)  # EXIF Orientation: 1 is upright
+            upright = ImageOps.exif_transpose(img) if rotated else img
+            array = np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, UnsupportedImageError):
             raise
         detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
         raise UnsupportedImageError(f"image {path} cannot be read ({detail})") from None
-    return RGBImage(torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), gray, alpha)
+    return RGBImage(torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), gray, alpha, frames, rotated)
 
 
 def _refuse_unsupported(img: Image.Image, path: Path) -> None:

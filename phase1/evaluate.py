@@ -131,6 +131,8 @@ def read_curve(path: str) -> list[dict]:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text file (byte {err.start} is not UTF-8)") from None
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list) or not points:
         raise ValueError(f"{path} holds no 'points' list: write it with `python -m phase1.evaluate CKPT... --out`")
@@ -185,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--plot")
             p.add_argument("--bootstrap", type=int, default=1000)
             a = p.parse_args(argv[1:])
+            if a.plot:  # before the comparison, not after
+                check_output_file(a.plot, "--plot", {"anchor": a.anchor, "test": a.test})
+                if a.plot.rpartition(".")[2].lower() not in ("png", "pdf", "svg", "jpg", "jpeg"):
+                    raise ValueError(f"--plot {a.plot}: name a .png, .pdf, .svg or .jpg file")
             print(json.dumps(compare(a.anchor, a.test, a.plot, a.bootstrap), indent=2))
             return 0
         p = argparse.ArgumentParser(prog="python -m phase1.evaluate", description=__doc__.splitlines()[0])

@@ -31,8 +31,8 @@ class RateDistortionLoss:
     def __post_init__(self):
         if self.metric not in ("mse", "ms-ssim"):
             raise ValueError(f"loss.metric={self.metric!r} must be 'mse' or 'ms-ssim'")
-        if self.lmbda <= 0:
-            raise ValueError(f"lambda={self.lmbda} must be > 0")
+        if not (self.lmbda > 0 and math.isfinite(self.lmbda)):
+            raise ValueError(f"lmbda={self.lmbda} must be a finite number > 0")
 
     def __call__(self, output: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         n, _, h, w = target.shape

@@ -77,7 +77,10 @@ def read_text_source(path: str | Path, encoding_errors: str = "strict") -> list[
         raise ValueError(f"data.encoding_errors={encoding_errors!r} must be strict or replace")
     if not path.exists():
         raise FileNotFoundError(f"text path {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
+    if path.is_file():
+        files = [path]
+    else:  # a folder named like a text file (notes.txt/) is no text
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
     if not files:
         raise FileNotFoundError(f"text folder {path} holds no {', '.join(sorted(TEXT_SUFFIXES))} files")
     docs = [_decode(f, encoding_errors) for f in files]
@@ -94,7 +97,7 @@ def _decode(file: Path, errors: str) -> str:
         if errors != "replace":
             raise ValueError(
                 f"text file {file} is not valid UTF-8 (byte {err.start}: {data[err.start : err.start + 4]!r}); "
-                "convert it to UTF-8, or read it with data.encoding_errors=replace"
+                "convert it to UTF-8 (training can also read it with data.encoding_errors=replace)"
             ) from None
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - data.count("\ufffd".encode())

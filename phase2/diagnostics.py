@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import check_folder  # noqa: E402
+from common.checkpoint import check_output_file, write_atomically  # noqa: E402
 from common.config import positive_int, run_guarded  # noqa: E402
 from common.runtime import pick_device  # noqa: E402
 from phase2.evaluate import text_documents  # noqa: E402
@@ -82,10 +82,19 @@ def build_report(lm: LanguageModel, diag: dict, tokens: int) -> dict:
     }
 
 
+PLOTS = ("gamma_per_layer.png", "resonance_energy.png", "stability.png")
+REPORT = "comprehensive_report.json"
+
+
+def _save(fig, path: Path) -> None:
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))  # a crash keeps the old plot
+    plt.close(fig)
+
+
 def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     n = len(diag["gamma_values"])
-    paths = [out / "gamma_per_layer.png", out / "resonance_energy.png", out / "stability.png"]
+    paths = [out / name for name in PLOTS]
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, g in enumerate(diag["gamma_values"]):
@@ -93,8 +102,7 @@ def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Pat
     ax.set(xlabel="position (token)", ylabel="Gamma (mean over heads)", title="Forgetting rate Gamma along the text")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    _save(fig, paths[0])
 
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
     for i, ax in enumerate(axes[0]):
@@ -114,8 +122,7 @@ def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Pat
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("Share of the memory's energy per zeta mode, at each gate boundary")
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    _save(fig, paths[1])
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for i, stab in enumerate(diag["stability_metrics"]):
@@ -129,8 +136,7 @@ def plot_all(diag: dict, gate_interval: int, tokens: int, out: Path) -> list[Pat
     bottom.set(xlabel="position (token)", ylabel="dE/dt")
     top.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=120)
-    plt.close(fig)
+    _save(fig, paths[2])
     return paths
 
 
@@ -145,14 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def run() -> None:
-        check_folder(a.out, "--out")  # before the diagnostics run, not after
+        out = Path(a.out)
+        for name in (*PLOTS, REPORT):  # before the diagnostics run, not after; never over this command's inputs
+            check_output_file(out / name, "--out", inputs={"checkpoint": a.checkpoint, "--text": a.text})
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         diag = run_diagnostics(lm, text_documents(a.text, a.split), a.tokens)
         tokens = int(diag["gamma_values"][0].shape[1])
-        out = Path(a.out)
         paths = plot_all(diag, lm.model.config.gate_interval, tokens, out)
-        report = out / "comprehensive_report.json"
-        report.write_text(json.dumps(build_report(lm, diag, tokens), indent=2) + "\n")
+        report = out / REPORT
+        text = json.dumps(build_report(lm, diag, tokens), indent=2) + "\n"
+        write_atomically(report, lambda tmp: Path(tmp).write_text(text))
         print(f"wrote {report} and {', '.join(p.name for p in paths)} in {out} ({tokens} tokens)")
 
     return run_guarded(run)

@@ -12,6 +12,8 @@ top-p (nucleus) filtering, from a seeded generator.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,15 +34,19 @@ class Sampling:
     greedy: bool = False
     seed: int = 0
 
-    def validate(self) -> Sampling:
+    def validate(self, prefix: str = "") -> Sampling:
+        """Raises ValueError naming the setting as the caller spells it: `prefix` "--" (the CLI), "sample."..."""
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature} must be > 0 (use --greedy for argmax decoding)")
+            raise ValueError(f"{prefix}max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            greedy = " (--greedy decodes by argmax)" if prefix == "--" else ""
+            raise ValueError(f"{prefix}temperature={self.temperature} must be a finite number > 0{greedy}")
         if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 turns it off)")
+            raise ValueError(f"{prefix}top_k={self.top_k} must be >= 0 (0 turns it off)")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+            raise ValueError(f"{prefix}top_p={self.top_p} must be in (0, 1]")
+        if not 0 <= self.seed < 2**63:  # torch.Generator's range
+            raise ValueError(f"{prefix}seed={self.seed} must be 0 to 2^63 - 1")
         return self
 
 
@@ -61,7 +67,10 @@ def next_tokens(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -
     """(B, V) last-position logits -> (B,) token ids."""
     if s.greedy:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / s.temperature, s.top_k, s.top_p).softmax(-1)
+    logits = logits.float()
+    # shifted so the top logit is 0 before dividing: a tiny temperature then gives -inf, never inf - inf = nan
+    scaled = (logits - logits.amax(-1, keepdim=True)) / s.temperature
+    probs = filter_logits(scaled, s.top_k, s.top_p).softmax(-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
@@ -130,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def run() -> None:
-        s = Sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.greedy, a.seed).validate()
+        s = Sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.greedy, a.seed).validate(prefix="--")
+        for prompt in a.prompt:
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (Python keeps them as surrogates)
+                raise ValueError(f"--prompt {prompt!r} is not UTF-8 text") from None
         lm = load_language_model(a.checkpoint, pick_device(a.device))
         if len(a.prompt) == 1:  # one prompt: its continuation streams to stdout as it is produced
             print(a.prompt[0], end="", flush=True)
@@ -144,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             for i, (prompt, text) in enumerate(zip(a.prompt, texts)):
                 print(f"[{i}] {prompt}{text}")
 
-    return run_guarded(run)
+    try:
+        return run_guarded(run)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 0
 
 
 if __name__ == "__main__":

@@ -232,7 +232,9 @@ def _sampling(cfg: DictConfig):
 
     if cfg.sample.tokens and not cfg.sample.prompt:
         raise ValueError("sample.prompt is empty: give the text the final weights continue, or sample.tokens=0")
-    return Sampling(cfg.sample.tokens or 1, cfg.sample.temperature, cfg.sample.top_k, seed=cfg.seed).validate()
+    return Sampling(cfg.sample.tokens or 1, cfg.sample.temperature, cfg.sample.top_k, seed=cfg.seed).validate(
+        prefix="sample."
+    )
 
 
 def build_parts(cfg: DictConfig, device: torch.device, resumed: dict | None) -> RunParts:

@@ -778,6 +778,9 @@ def build(
         if value is not None and (not re.fullmatch(r"[\w.-]+", value) or value in (".", "..")):
             raise ValueError(f"{option} {value!r} must be a plain name (letters, digits, '_', '.', '-')")
     name = study or experiment or "all"
+    uri = default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():  # never made by a report
+        raise ValueError(f"there is no MLflow store at {uri}: train something first, or set MLFLOW_TRACKING_URI")
     runs = load_runs(experiment, study)
     if runs.empty and (experiment or study):
         what = f"study {study!r}" if study else f"experiment {experiment!r}"

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from common.config import UserError, run_guarded
-from sweeps.run import check_sqlite_storage, database_error_line, default_storage
+from sweeps.run import check_local_storage, database_error_line, default_storage
 from sweeps.study import load_study
 
 
@@ -53,7 +53,7 @@ def check_exists(url: str) -> None:
     path = local_file(url)
     if path is None:
         return
-    check_sqlite_storage(url)  # a folder, a file that is not SQLite: named as the sweep names them
+    check_local_storage(url)  # a folder, a file that is not SQLite: named as the sweep names them
     if not path.is_file():
         raise UserError(f"Optuna storage {url}: {path} does not exist (run a sweep first, or check the path)")
     if path.stat().st_size == 0:

@@ -59,13 +59,14 @@ def open_storage(url: str):
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:"):
+        check_local_storage(url)
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:"):
         from common.sqlite_lock import creation_lock
 
-        check_sqlite_storage(url)
+        check_local_storage(url)
 
         with creation_lock(url):  # a new storage's schema is written by one process at a time
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
@@ -81,6 +82,8 @@ def open_storage(url: str):
         )
     except SQLAlchemyError as err:  # a server that is down, a wrong password: SQLAlchemy's page-long message
         raise ValueError(f"Optuna storage {url} cannot be opened ({database_error_line(err)})") from None
+    except ImportError as err:  # mysql://, oracle://: a driver this project does not install
+        raise ValueError(f"Optuna storage {url} needs a database driver that is not installed ({err})") from None
 
 
 def database_error_line(err: BaseException) -> str:
@@ -88,13 +91,16 @@ def database_error_line(err: BaseException) -> str:
     return str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
 
 
-def check_sqlite_storage(url: str) -> None:
-    """A folder or a non-SQLite file named as the storage: one line, before any lock file is made beside it."""
+def check_local_storage(url: str) -> None:
+    """A folder, or a non-SQLite file, named as the storage: one line, before any lock file is made beside it."""
     from common.sqlite_lock import sqlite_file_problem
 
     problem = sqlite_file_problem(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:") else None
     if problem:
         raise ValueError(f"Optuna storage {url} {problem}: move it aside, or give another --storage")
+    if url.startswith("journal:") and Path(url.removeprefix("journal:")).is_dir():
+        path = Path(url.removeprefix("journal:"))
+        raise ValueError(f"Optuna storage {url} is a folder: name the journal file, e.g. {path / 'study.log'}")
 
 
 def is_local(url: str) -> bool:
@@ -120,6 +126,8 @@ def parse_gpus(text: str | None) -> list[str]:
     gpus = [g.strip() for g in text.split(",") if g.strip()]
     if not gpus or len(set(gpus)) != len(gpus):
         raise ValueError(f"--gpus {text!r}: give distinct GPU ids separated by commas, e.g. --gpus 0,2,3")
+    if not visible_gpus():  # the workers still get CUDA_VISIBLE_DEVICES, but their trials will find no GPU
+        print(f"note: --gpus {text}, but this machine shows no CUDA device: trials with device=auto run on the CPU")
     return gpus
 
 
@@ -505,7 +513,7 @@ def run_study(
         from common.tracking import ensure_store
 
         ensure_store()  # migrate the MLflow store once, before several processes use it
-    check_sqlite_storage(storage_url)
+    check_local_storage(storage_url)
     with _sole_runner(storage_url):
         return _run(spec, study_file, size, placement, storage_url, logger, sampler, trials)
 

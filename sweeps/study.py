@@ -3,7 +3,8 @@ objective, sampler, pruner, trial count and storage. This module reads and check
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,38 @@ def load_study(path_or_name: str | Path, sampler: str | None = None) -> StudySpe
         raise ValueError(f"{path}: unknown study key(s) {sorted(unknown)}")
     if sampler:
         raw["sampler"] = sampler
+    _check_kinds(raw, path)
     spec = StudySpec(**raw)
     _validate(spec, path)
     return spec
+
+
+KINDS = {
+    "overrides": list,
+    "sizes": dict,
+    "search_space": dict,
+    "pruner_warmup_evals": int,
+    "n_trials": int,
+    "seed": int,
+}  # fmt: skip (the others are text)
+
+
+def _check_kinds(raw: dict[str, Any], path: Path) -> None:
+    """Each key present and of its kind, so a slip in the file is one line naming the key, not a traceback."""
+    missing = [k for k, f in StudySpec.__dataclass_fields__.items() if f.default is f.default_factory is MISSING]
+    missing = [k for k in missing if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: the study needs {', '.join(missing)}")
+    for key, value in raw.items():
+        kind = KINDS.get(key, str)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            what = {list: "a list", dict: "a mapping", int: "a whole number", str: "text"}[kind]
+            raise ValueError(f"{path}: {key}={value!r} must be {what}")
+    if not re.fullmatch(r"[\w.-]+", raw["name"]) or raw["name"] in (".", ".."):  # it names files and folders
+        raise ValueError(f"{path}: name={raw['name']!r} must be a plain name (letters, digits, '_', '.', '-')")
+    for name, param in raw.get("search_space", {}).items():
+        if not isinstance(param, dict):
+            raise ValueError(f"{path}: search_space.{name} must be a mapping with a type (and choices or low/high)")
 
 
 def _validate(spec: StudySpec, path: Path) -> None:

@@ -134,6 +134,20 @@ def files(tmp_path_factory, _migrated_store_template) -> Path:
     (d / "victim" / "checkpoints").mkdir(parents=True)  # another run's folder, with its checkpoints
     shutil.copyfile(d / "codec.pt", d / "victim" / "checkpoints" / "last.pt")
     (d / "victim" / "config.yaml").write_text("task_name: phase1\n")
+    Image.fromarray(np.zeros((1, 65600, 3), np.uint8)).save(d / "wide.png")  # over the header's 16-bit sides
+    (d / "txtdir" / "notes.txt").mkdir(parents=True)  # a folder named like a text file
+    (d / "latin1.json").write_bytes(b'{"points": "\xff"}')
+    (d / "diag").mkdir()
+    shutil.copyfile(d / "lm.pt", d / "diag" / "comprehensive_report.json")  # a checkpoint under the report's name
+    study = "phase: phase1\nobjective: final/val/loss\n"
+    (d / "nameless.yaml").write_text(study)
+    (d / "listspace.yaml").write_text(f"name: s\n{study}search_space:\n  lmbda: [1]\n")
+    (d / "wordcount.yaml").write_text(f"name: s\n{study}n_trials: two\n")
+    (d / "escape.yaml").write_text(f"name: ../../escape\n{study}")
+    (d / "configured").mkdir()  # a folder holding a config.yaml of its own (another run's, or the user's)
+    (d / "configured" / "config.yaml").write_text("lr: 0.1\n")
+    (d / "unreleased").mkdir()
+    (d / "unreleased" / "manifest.json").write_text('{"files": {}}')
     return d
 
 
@@ -320,6 +334,60 @@ CASES = [
     ("report unknown experiment", "reports.build", ["--experiment", "no_such_experiment"], ["no runs", "no_such"]),
     ("report path as a name", "reports.build", ["--study", "../../escape"], ["--study", "plain name"]),
     ("sweep unknown study", "sweeps.run", ["no_such_study", "--logger", "none"], ["no_such_study"]),
+    (
+        "codec image too wide",
+        "phase1.codec",
+        ["encode", "{d}/wide.png", "{d}/out/w.hpcm", "--checkpoint", "{d}/codec.pt", "--device", "cpu"],
+        ["wide.png", "65600x1", "65536"],
+    ),
+    (
+        "codec meta device",
+        "phase1.codec",
+        ["encode", "{d}/earlier.png", "{d}/out/x.hpcm", "--checkpoint", "{d}/codec.pt", "--device", "meta"],
+        ["device='meta'", "not a device"],
+    ),
+    ("p2 folder named like text", "phase2.train", [*P2, "data=file", "data.path={d}/txtdir"], ["txtdir", "holds no"]),
+    ("p1 zero learning rate", "phase1.train", [*P1, "optim.lr=0"], ["optim.lr=0", "> 0"]),
+    ("p1 nan clipping", "phase1.train", [*P1, "loop.clip_grad_norm=nan"], ["loop.clip_grad_norm=nan", "finite"]),
+    ("p1 infinite lambda", "phase1.train", [*P1, "lmbda=inf"], ["lmbda=inf", "finite"]),
+    ("p1 new key typo", "phase1.train", [*P1, "+lamda=0.05"], ["+lamda=0.05", "nothing reads", "lmbda"]),
+    ("p1 multirun value", "phase1.train", ["-m", *P1, "lmbda=0.1,abc"], ["lmbda='abc'", "must be a number"]),
+    ("p1 multirun key", "phase1.train", ["-m", *P1, "lamda=0.1,0.2"], ["'lamda'", "no such key", "lmbda"]),
+    ("p2 empty run folder", "phase2.train", [*P2, "hydra.run.dir="], ["hydra.run.dir is empty"]),
+    ("p2 run folder with a config", "phase2.train", [*P2, "hydra.run.dir={d}/configured"], ["config.yaml"]),
+    ("p2 sample temperature", "phase2.train", [*P2, "sample.temperature=0"], ["sample.temperature=0", "> 0"]),
+    ("p2 nan learning rate", "phase2.train", [*P2, "optim.lr=nan"], ["optim.lr=nan", "finite"]),
+    (
+        "diagnostics over its checkpoint",
+        "phase2.diagnostics",
+        ["{d}/diag/comprehensive_report.json", "--out", "{d}/diag"],
+        ["--out", "checkpoint", "destroy"],
+    ),
+    ("compare a binary file", "phase1.evaluate", ["compare", "{d}/latin1.json", "{d}/curve.json"], ["latin1.json"]),
+    (
+        "compare --plot format",
+        "phase1.evaluate",
+        ["compare", "{d}/curve.json", "{d}/curve.json", "--plot", "{d}/out/rd.xyz", "--bootstrap", "0"],
+        ["--plot", "rd.xyz", ".png"],
+    ),
+    ("sweep study without name", "sweeps.run", ["{d}/nameless.yaml", "--logger", "none"], ["nameless.yaml", "name"]),
+    ("sweep space as a list", "sweeps.run", ["{d}/listspace.yaml", "--logger", "none"], ["search_space.lmbda"]),
+    ("sweep trials in words", "sweeps.run", ["{d}/wordcount.yaml", "--logger", "none"], ["n_trials='two'"]),
+    ("sweep name as a path", "sweeps.run", ["{d}/escape.yaml", "--logger", "none"], ["escape", "plain name"]),
+    (
+        "sweep storage without driver",
+        "sweeps.run",
+        ["balanced", "--storage", "mysql://u:p@localhost/db", "--logger", "none"],
+        ["mysql://", "driver"],
+    ),
+    (
+        "sweep journal is a folder",
+        "sweeps.run",
+        ["balanced", "--storage", "journal:{d}/empty", "--logger", "none"],
+        ["journal:", "is a folder"],
+    ),
+    ("release into a file", "common.release", ["{d}/text.txt", "{d}/victim"], ["text.txt", "is a file"]),
+    ("release check of nothing", "common.release", ["{d}/unreleased", "--check"], ["lists no files"]),
     (
         "sweep unknown size",
         "sweeps.run",

@@ -165,3 +165,23 @@ def test_16bit_rgb_is_refused_not_cut_to_8_bits(tmp_path):
     assert Image.open(tmp_path / "deep_rgb.png").mode == "RGB"  # what Pillow reports: the trap
     with pytest.raises(ValueError, match="deep_rgb.png has 16-bit"):
         load_rgb(tmp_path / "deep_rgb.png")
+
+
+def test_exif_rotation_is_applied_and_animation_frames_are_noted(tmp_path):
+    from phase1.data import read_rgb
+
+    pixels = np.zeros((2, 4, 3), np.uint8)
+    pixels[0, 0] = 255  # top-left marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    image = read_rgb(tmp_path / "rotated.jpg")
+    assert tuple(image.pixels.shape) == (3, 4, 2) and image.rotated and "EXIF orientation" in image.note
+    assert image.pixels[:, 0, 1].mean() > 0.5  # the marker is now top-right, where a viewer shows it
+    frames = [Image.new("RGB", (8, 8), color) for color in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    image = read_rgb(tmp_path / "anim.gif")
+    assert image.frames == 3 and "has 3 frames; only the first is coded" in image.note
+    plain = Image.new("RGB", (8, 8))
+    plain.save(tmp_path / "plain.png")
+    assert read_rgb(tmp_path / "plain.png").note is None

@@ -160,3 +160,26 @@ def test_cli_bad_input_is_one_line_without_traceback(trained, tmp_path, module, 
     assert done.returncode == 2
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+
+
+def test_a_vanishing_temperature_samples_the_top_token_and_out_of_range_settings_are_named():
+    logits = torch.tensor([[4.0, 3.0, -2.0, 1.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {generate.next_tokens(logits, Sampling(temperature=1e-45), g).item() for _ in range(10)}
+    assert draws == {0}  # (logits / 1e-45) would be inf - inf = nan inside the softmax
+    with pytest.raises(ValueError, match=r"--seed=100000000000000000000000 must be 0 to 2\^63 - 1"):
+        Sampling(seed=10**23).validate(prefix="--")
+    with pytest.raises(ValueError, match="sample.temperature=inf must be a finite number > 0$"):
+        Sampling(temperature=float("inf")).validate(prefix="sample.")
+
+
+def test_generate_piped_into_head_ends_quietly(trained):
+    _, _, ckpt = trained
+    done = subprocess.run(
+        f"{sys.executable} -m phase2.generate {ckpt} --prompt 'The ' --max-new-tokens 3000 --device cpu | head -c 5",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(done.stdout) == 5 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
