@@ -111,7 +111,10 @@ def test_a_test_split_shorter_than_a_window_gives_no_test_numbers(capsys):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("sample.prompt=''", "sample.prompt is empty"), ("sample.temperature=0", "sample.temperature=0 must be a finite number > 0")],
+    [
+        ("sample.prompt=''", "sample.prompt is empty"),
+        ("sample.temperature=0", "sample.temperature=0 must be a finite number > 0"),
+    ],
 )
 def test_a_bad_sample_setting_is_refused_before_training(override, message, tmp_path):
     from phase2.train import build_parts
