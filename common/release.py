@@ -22,7 +22,7 @@ from typing import Any
 
 from common.checkpoint import last_in_run_folder, load_checkpoint, save_checkpoint, sha256, write_atomically
 from common.config import run_guarded
-from common.tracking import Store, default_tracking_uri, redacted
+from common.tracking import Store, default_tracking_uri, redacted, sqlite_file
 
 MANIFEST = "manifest.json"
 REBUILD = "make demo-weights"
@@ -70,7 +70,7 @@ def candidate(run_dir: Path) -> Candidate:
     if not payload.get("mlflow_run_id"):
         raise ReleaseError(f"run {run_dir} was not tracked (logger=none): its commit and device are not on record")
     uri = payload.get("tracking_uri") or (config.get("logger") or {}).get("tracking_uri") or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if (database := sqlite_file(uri)) is not None and not database.is_file():
         raise ReleaseError(f"run {run_dir} was tracked in {uri}, which does not exist here")
     record = Store(uri).run_record(payload["mlflow_run_id"])
     if record["status"] != "FINISHED" or not any(k.startswith("test/") for k in record["metrics"]):

@@ -44,14 +44,20 @@ class TrackingUnavailableError(ConnectionError):
 KNOWN_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a local SQLite store (sqlite:///<path>), or None for any other kind of store."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 def check_reachable(tracking_uri: str) -> None:
     """Ask an http(s) tracking server for its health page; check that a local SQLite store is one and is
     writable. Either fails in one line naming the store (MLflow's own errors are long SQL tracebacks)."""
     import urllib.error
     import urllib.request
 
-    if tracking_uri.startswith("sqlite:///"):
-        _check_sqlite_store(Path(tracking_uri.removeprefix("sqlite:///")))
+    database = sqlite_file(tracking_uri)
+    if database is not None:
+        _check_sqlite_store(database)
         return
     scheme = tracking_uri.partition("://")[0].split("+")[0] if "://" in tracking_uri else "file"
     if scheme not in KNOWN_SCHEMES:
@@ -99,9 +105,8 @@ def default_tracking_uri() -> str:
 def artifact_root_for(tracking_uri: str) -> str | None:
     """Artifacts of a local SQLite store live in `mlartifacts/` beside the database file; a server decides
     for itself (None)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    database = sqlite_file(tracking_uri)
+    return None if database is None else (database.resolve().parent / "mlartifacts").as_uri()
 
 
 @runtime_checkable

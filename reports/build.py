@@ -28,7 +28,7 @@ import pandas as pd
 
 from common import REPO_ROOT
 from common.config import run_guarded
-from common.tracking import Store, default_tracking_uri
+from common.tracking import Store, default_tracking_uri, sqlite_file
 
 OUT_ROOT = REPO_ROOT / "reports" / "out"
 
@@ -779,7 +779,7 @@ def build(
             raise ValueError(f"{option} {value!r} must be a plain name (letters, digits, '_', '.', '-')")
     name = study or experiment or "all"
     uri = default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():  # never made by a report
+    if (database := sqlite_file(uri)) is not None and not database.exists():  # a report never makes a store
         raise ValueError(f"there is no MLflow store at {uri}: train something first, or set MLFLOW_TRACKING_URI")
     runs = load_runs(experiment, study)
     if runs.empty and (experiment or study):

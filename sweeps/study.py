@@ -86,14 +86,11 @@ def _check_kinds(raw: dict[str, Any], path: Path) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             what = {list: "a list", dict: "a mapping", int: "a whole number", str: "text"}[kind]
             raise ValueError(f"{path}: {key}={value!r} must be {what}")
-    if not re.fullmatch(r"[\w.-]+", raw["name"]) or raw["name"] in (".", ".."):  # it names files and folders
-        raise ValueError(f"{path}: name={raw['name']!r} must be a plain name (letters, digits, '_', '.', '-')")
-    for name, param in raw.get("search_space", {}).items():
-        if not isinstance(param, dict):
-            raise ValueError(f"{path}: search_space.{name} must be a mapping with a type (and choices or low/high)")
 
 
 def _validate(spec: StudySpec, path: Path) -> None:
+    if not re.fullmatch(r"[\w.-]+", spec.name) or spec.name in (".", ".."):  # it names files and folders
+        raise ValueError(f"{path}: name={spec.name!r} must be a plain name (letters, digits, '_', '.', '-')")
     if spec.phase not in ("phase1", "phase2"):
         raise ValueError(f"{path}: phase={spec.phase!r} must be phase1 or phase2")
     if spec.direction not in ("minimize", "maximize"):
@@ -103,6 +100,8 @@ def _validate(spec: StudySpec, path: Path) -> None:
     if spec.pruner not in ("none", "median"):
         raise ValueError(f"{path}: pruner={spec.pruner!r} must be none or median")
     for name, param in spec.search_space.items():
+        if not isinstance(param, dict):
+            raise ValueError(f"{path}: search_space.{name} must be a mapping with a type (and choices or low/high)")
         if param.get("type") not in PARAM_TYPES:
             raise ValueError(f"{path}: search_space.{name}.type must be one of {PARAM_TYPES}")
         if param["type"] == "categorical" and not param.get("choices"):
